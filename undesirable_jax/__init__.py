@@ -1,0 +1,16 @@
+"""undesirable_jax: undesirable pixels for black-box image classifiers, on a jit-compiled PDA engine.
+
+Kang, Jung & Lee (2019) on top of Prediction Difference Analysis (Zintgraf et al. 2017).
+"""
+
+from . import classifiers, evidence, samplers, windows
+from .classifiers import Classifier, flax_linen, flax_nnx, from_function, probabilities
+from .engine import Explanation, explain
+from .windows import WindowGrid
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Classifier", "Explanation", "WindowGrid", "classifiers", "evidence", "explain", "flax_linen",
+    "flax_nnx", "from_function", "probabilities", "samplers", "windows", "__version__",
+]

@@ -1,0 +1,101 @@
+"""Classifier adapters: any black box becomes a pytree the engine can pass through ``jit``.
+
+A classifier maps float32 images ``[N, H, W, C]`` to logits ``[N, K]`` (or probabilities, when
+wrapped with :func:`probabilities`). Wrapping it in :class:`Classifier` keeps the function static and
+its parameters as pytree leaves, so one compiled engine step serves every image and every set of
+weights of the same shapes (a new lambda per call would recompile each time).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+_OUTPUTS = ("logits", "probs")
+
+
+@struct.dataclass
+class Classifier:
+    """``fn(images)`` when ``params`` is None, else ``fn(params, images)``; ``outputs`` says what it returns."""
+
+    fn: Callable = struct.field(pytree_node=False)
+    params: Any = None
+    outputs: str = struct.field(pytree_node=False, default="logits")
+
+    def __call__(self, images: jnp.ndarray) -> jnp.ndarray:
+        return self.fn(images) if self.params is None else self.fn(self.params, images)
+
+    def probs(self, images: jnp.ndarray) -> jnp.ndarray:
+        """Class probabilities ``[N, K]`` in float32 (softmax of logits; probabilities pass through)."""
+        out = self(images)
+        if out.ndim != 2 or out.shape[0] != images.shape[0]:
+            raise ValueError(
+                f"classifier: must map images [N, H, W, C] to [N, K], got output shape {out.shape} "
+                f"for input {images.shape}")
+        out = out.astype(jnp.float32)
+        return jax.nn.softmax(out, axis=-1) if self.outputs == "logits" else out
+
+
+def as_classifier(classifier: Any) -> Classifier:
+    """Accept a :class:`Classifier` or any callable ``images -> logits``."""
+    if isinstance(classifier, Classifier):
+        if classifier.outputs not in _OUTPUTS:
+            raise ValueError(f"classifier.outputs must be one of {_OUTPUTS}, got {classifier.outputs!r}")
+        return classifier
+    if not callable(classifier):
+        raise TypeError(
+            f"classifier: expected a callable images [N, H, W, C] -> logits [N, K] or a Classifier, "
+            f"got {type(classifier).__name__}")
+    return Classifier(fn=classifier)
+
+
+def from_function(fn: Callable, params: Any = None, *, outputs: str = "logits") -> Classifier:
+    """``fn(images)`` or ``fn(params, images)``; say ``outputs="probs"`` when it returns probabilities."""
+    if outputs not in _OUTPUTS:
+        raise ValueError(f"outputs must be one of {_OUTPUTS}, got {outputs!r}")
+    return Classifier(fn=fn, params=params, outputs=outputs)
+
+
+def probabilities(classifier: Any) -> Classifier:
+    """Mark a classifier as returning probabilities (no softmax is applied)."""
+    c = as_classifier(classifier)
+    return c.replace(outputs="probs")
+
+
+def flax_linen(module: Any, variables: Any, *, outputs: str = "logits", **apply_kwargs: Any) -> Classifier:
+    """A Flax linen module with its variables: ``module.apply(variables, images, **apply_kwargs)``."""
+    if apply_kwargs:
+        fn = _LinenApply(module, tuple(sorted(apply_kwargs.items())))
+    else:
+        fn = module.apply
+    return from_function(fn, variables, outputs=outputs)
+
+
+def flax_nnx(model: Any, *, outputs: str = "logits") -> Classifier:
+    """A Flax nnx model: split into a static graph definition and a pytree of state."""
+    from flax import nnx
+
+    graphdef, state = nnx.split(model)
+    return from_function(_NnxApply(graphdef), state, outputs=outputs)
+
+
+@struct.dataclass
+class _LinenApply:
+    module: Any = struct.field(pytree_node=False)
+    kwargs: tuple = struct.field(pytree_node=False)
+
+    def __call__(self, variables, images):
+        return self.module.apply(variables, images, **dict(self.kwargs))
+
+
+@struct.dataclass
+class _NnxApply:
+    graphdef: Any = struct.field(pytree_node=False)
+
+    def __call__(self, state, images):
+        from flax import nnx
+
+        return nnx.merge(self.graphdef, state)(images)
