@@ -36,7 +36,9 @@ class Classifier:
                 f"classifier: must map images [N, H, W, C] to [N, K], got output shape {out.shape} "
                 f"for input {images.shape}")
         out = out.astype(jnp.float32)
-        return jax.nn.softmax(out, axis=-1) if self.outputs == "logits" else out
+        probs = jax.nn.softmax(out, axis=-1) if self.outputs == "logits" else out
+        # XLA may turn softmax(NaN) into finite values; keep a non-finite output visible as NaN.
+        return jnp.where(jnp.all(jnp.isfinite(out), axis=-1, keepdims=True), probs, jnp.nan)
 
 
 def as_classifier(classifier: Any) -> Classifier:

@@ -99,3 +99,8 @@ def _check_window(length: int, window: int, stride: int, axis: str = "length") -
         raise ValueError(
             f"window={window} is larger than the image {axis} {length}: pick window <= {length}"
         )
+    if stride > window:
+        raise ValueError(
+            f"stride={stride} is larger than window={window}: pixels between windows would get no "
+            f"evidence; pick stride <= window"
+        )
