@@ -137,3 +137,6 @@ def gaussian_blur(image: jnp.ndarray, sigma: float) -> jnp.ndarray:
         return sum(w * kernel[i] for i, w in enumerate(windows))
 
     return along(along(image, 0), 1)
+
+
+from .conditional import ConditionalGaussian, conditional_gaussian, load_conditional_gaussian, save_conditional_gaussian  # noqa: E402
