@@ -9,8 +9,11 @@ From one :class:`~undesirable_jax.engine.Explanation` (no new forward pass):
   for every window (``window_probs``), Laplace-corrected with K − 1 classes; then
   ``U_c = max(0, R^q_c)``. Under a softmax a region that only acts on t moves every p(c) but leaves
   every q(c) unchanged, so it no longer echoes in each competitor's map. ``decouple=False`` gives the
-  plain ``U_c = max(0, R_c)`` from the explanation's evidence.
-- ``combined``: the competitors' U_c weighted by p(c|x), normalised by the sum of those weights.
+  plain ``U_c = max(0, R_c)`` from the explanation's evidence. When the explanation keeps every
+  class, ``1 − p(t|·)`` is taken as the sum of the other classes' probabilities: equal in exact
+  arithmetic, but it stays meaningful in float32 where a confident p(t) rounds to 1.
+- ``combined``: the competitors' U_c weighted by p(c|x), normalised by the sum of those weights (equal
+  weights in the one case where that sum is 0: every listed competitor underflowed to p = 0).
 
 Ranking, with ties broken deterministically: a higher p(c|x) first; among equal probabilities the
 lower class id first. The same rule picks the top-1 class when no target is given.
