@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from .classifiers import Classifier, as_classifier
@@ -78,6 +79,7 @@ def explain(
     chunk_size: int | None = None,
     classes: Sequence[int] | None = None,
     laplace_n: float = 100_000,
+    mesh: Mesh | str | None = None,
     progress: bool = False,
 ) -> Explanation:
     """Prediction Difference Analysis of one image: weight of evidence for every class at once.
@@ -89,9 +91,13 @@ def explain(
       sampler: what fills a removed window (``undesirable_jax.samplers``).
       num_samples: S, samples averaged per window.
       key: ``jax.random.key``; the same key gives the same result.
-      chunk_size: (window, sample) pairs per device step; None picks ``min(pairs, 256)``.
+      chunk_size: (window, sample) pairs per step, over all devices; None picks 256 per device
+        (fewer when the image has fewer pairs). Memory grows with it, not with the window count.
       classes: class ids whose rows to keep (default: all K).
       laplace_n: N of the Laplace correction (training-set size).
+      mesh: devices to spread each chunk over: None (the default device), ``"local"`` (all local
+        devices) or a ``jax.sharding.Mesh`` (every axis is used). Each device accumulates its own
+        pairs; one sum at the end. ``chunk_size`` must then be a multiple of the device count.
       progress: show a tqdm bar over chunks.
     """
     clf = as_classifier(classifier)
@@ -112,22 +118,23 @@ def explain(
     num_classes = int(base.shape[-1])
     rows = _check_classes(classes, num_classes)
 
+    mesh = _check_mesh(mesh)
     total = grid.num_windows * num_samples
-    chunk = min(total, DEFAULT_CHUNK) if chunk_size is None else _check_positive_int("chunk_size", chunk_size)
-    chunk = min(chunk, total)
+    chunk = _chunk(chunk_size, total, mesh.size)
     state = sampler.prepare(img, window)
     ys, xs = jnp.asarray(grid.ys), jnp.asarray(grid.xs)
-    acc = jnp.zeros((grid.num_windows, rows.shape[0]), jnp.float32)
-    bad = jnp.zeros((), bool)
+    acc, bad = _zeros(mesh, grid.num_windows, int(rows.shape[0]))
     starts = range(0, total, chunk)
     for start in tqdm(starts, desc="windows", unit="chunk", disable=not progress):
         acc, bad = _step(clf, sampler, state, img, key, ys, xs, rows, jnp.int32(start), acc, bad,
-                         window=window, num_samples=num_samples, chunk=chunk)
-    if bool(bad):
+                         window=window, num_samples=num_samples, chunk=chunk, mesh=mesh)
+    if bool(jnp.any(bad)):
         raise ValueError("classifier: returned NaN or inf on a perturbed image; check the model and "
                          "that the sampler's fills lie in the input range it expects")
 
     ny, nx = grid.shape
+    # The one reduction over devices; the result lives on one device, like the image's explanation.
+    acc = jax.device_put(jnp.sum(acc, axis=0), jax.local_devices()[0])
     window_probs = (acc / num_samples).T.reshape(rows.shape[0], ny, nx)
     probs = base[rows]
     we = weight_of_evidence(probs[:, None, None], window_probs, laplace_n, num_classes)
@@ -169,15 +176,68 @@ def perturb(sampler: Sampler, state: Any, image: jnp.ndarray, key: jax.Array, ys
     return jax.vmap(lambda p, a, b: jax.lax.dynamic_update_slice(image, p, (a, b, zero)))(patches, y, x)
 
 
-@functools.partial(jax.jit, static_argnames=("window", "num_samples", "chunk"), donate_argnames=("acc",))
-def _step(clf, sampler, state, image, key, ys, xs, rows, start, acc, bad, *, window, num_samples, chunk):
-    total = acc.shape[0] * num_samples
-    pairs, valid = pair_indices(start, chunk, total)
-    batch = perturb(sampler, state, image, key, ys, xs, pairs, window=window, num_samples=num_samples)
-    probs = clf.probs(batch)[:, rows]
-    probs = jnp.where(valid[:, None], probs, 0.0)
-    bad = bad | ~jnp.all(jnp.isfinite(probs))
-    return acc.at[pairs // num_samples].add(probs), bad
+@functools.partial(jax.jit, static_argnames=("window", "num_samples", "chunk", "mesh"),
+                   donate_argnames=("acc",))
+def _step(clf, sampler, state, image, key, ys, xs, rows, start, acc, bad, *, window, num_samples, chunk, mesh):
+    """One chunk: each of the mesh's devices takes ``chunk / devices`` consecutive pairs."""
+    per_device = chunk // mesh.size
+    total = acc.shape[1] * num_samples
+    axes = mesh.axis_names
+
+    def local(clf, sampler, state, image, key, ys, xs, rows, start, acc, bad):
+        offset = start + _flat_axis_index(mesh) * per_device
+        pairs, valid = pair_indices(offset, per_device, total)
+        batch = perturb(sampler, state, image, key, ys, xs, pairs, window=window, num_samples=num_samples)
+        probs = clf.probs(batch)[:, rows]
+        probs = jnp.where(valid[:, None], probs, 0.0)
+        bad = bad | ~jnp.all(jnp.isfinite(probs))
+        return acc.at[0, pairs // num_samples].add(probs), bad
+
+    rep, sharded = PartitionSpec(), PartitionSpec(axes)
+    return jax.shard_map(local, mesh=mesh, in_specs=(rep,) * 9 + (sharded, sharded),
+                         out_specs=(sharded, sharded), check_vma=False)(
+        clf, sampler, state, image, key, ys, xs, rows, start, acc, bad)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _zeros(mesh: Mesh, num_windows: int, num_rows: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Per-device accumulators, placed exactly as ``_step`` returns them (so it compiles once)."""
+    sharded = NamedSharding(mesh, PartitionSpec(mesh.axis_names))
+    acc = jnp.zeros((mesh.size, num_windows, num_rows), jnp.float32)
+    bad = jnp.zeros((mesh.size,), bool)
+    return jax.lax.with_sharding_constraint(acc, sharded), jax.lax.with_sharding_constraint(bad, sharded)
+
+
+def _flat_axis_index(mesh: Mesh) -> jnp.ndarray:
+    """This device's position in the mesh, all axes flattened in order."""
+    index = jnp.zeros((), jnp.int32)
+    for name in mesh.axis_names:
+        index = index * mesh.shape[name] + jax.lax.axis_index(name)
+    return index
+
+
+def _check_mesh(mesh: Mesh | str | None) -> Mesh:
+    if mesh is None:
+        return Mesh(np.asarray(jax.devices()[:1]), ("devices",))
+    if isinstance(mesh, str):
+        if mesh != "local":
+            raise ValueError(f'mesh: expected None, "local" or a jax.sharding.Mesh, got {mesh!r}')
+        return Mesh(np.asarray(jax.local_devices()), ("devices",))
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f'mesh: expected None, "local" or a jax.sharding.Mesh, got {type(mesh).__name__}')
+    return mesh
+
+
+def _chunk(chunk_size: int | None, total: int, devices: int) -> int:
+    """Pairs per step: a multiple of the device count, no larger than needed for ``total`` pairs."""
+    if chunk_size is None:
+        per_device = -(-min(total, DEFAULT_CHUNK * devices) // devices)
+        return per_device * devices
+    chunk = _check_positive_int("chunk_size", chunk_size)
+    if chunk % devices:
+        raise ValueError(f"chunk_size={chunk} does not split over {devices} devices: pick a multiple of "
+                         f"{devices} (e.g. {devices * max(1, round(chunk / devices))})")
+    return min(chunk, -(-total // devices) * devices)
 
 
 def _check_image(image: Any) -> jnp.ndarray:
