@@ -1,0 +1,20 @@
+"""Evaluation: our metric after Kang et al. (METHOD.md §4), baselines, and resumable runs over data sets.
+
+- :mod:`.removal`: which pixels (ranks, top-q% masks) and what replaces them (sampler fills).
+- :mod:`.metrics`: removal gain, correction, suppression, deletion/insertion — jitted, vectorised.
+- :mod:`.baselines`: random, occlusion, RISE (centred) and gradient × input maps.
+- :mod:`.runner`: per-image result files, resume, process split, merge.
+- :mod:`.summary`: means with 95 % intervals, markdown/CSV tables, the removal-gain plot.
+"""
+
+from . import baselines, metrics, removal, runner, summary
+from .baselines import gradient_input, occlusion, random_maps, rise, rise_masks, signed_maps
+from .metrics import DEFAULT_PERCENTS, MapMetrics, MethodMaps, evaluate_maps
+from .removal import fill_image, ranks, top_masks
+from .runner import METHODS, EvalConfig, evaluate_image, merge, run
+
+__all__ = [
+    "DEFAULT_PERCENTS", "EvalConfig", "METHODS", "MapMetrics", "MethodMaps", "baselines", "evaluate_image",
+    "evaluate_maps", "fill_image", "gradient_input", "merge", "metrics", "occlusion", "random_maps",
+    "ranks", "removal", "rise", "rise_masks", "run", "runner", "signed_maps", "summary", "top_masks",
+]

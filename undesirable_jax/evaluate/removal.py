@@ -1,0 +1,118 @@
+"""Removing pixels by a map: which pixels (ranks, top-q% masks) and what replaces them (fill images).
+
+The scoring half of the evaluation (METHOD.md §4) needs three things, kept separate as in the engine:
+
+- *Which pixels*: :func:`ranks` orders the pixels of a map from the highest value down; ties are
+  broken deterministically by the row-major pixel index (lower index first), so a map with a flat
+  zero plateau (U_t outside the hindering regions) removes its plateau from the top-left onwards.
+  The top ``q`` % are the pixels with ``rank < round(q / 100 · H · W)``.
+- *What replaces them*: :func:`fill_image` asks a sampler for a full-image fill by tiling the image
+  with the PDA window (non-overlapping tiles; the last row/column of tiles is shifted inward, as on
+  the engine's grid) and calling ``sampler.fill`` once per tile. What removal means per sampler:
+  ``constant`` — the constant colour; ``blur`` — the image's own blurred pixels; ``marginal`` — the
+  pixels at the same place in a pool image (drawn per tile from the key, or ``sample % M`` without
+  shuffle); ``conditional_gaussian`` — each tile drawn conditioned on the untouched pixels around it
+  (the original image, not the other removed pixels: an approximation for large masks).
+- *The classifier's view*: :func:`mixture_probs` classifies images that take the top pixels of a map
+  from one source and the rest from another (removal: the fill replaces the top pixels; insertion:
+  the image's own top pixels are put back onto the fill), in fixed-size jitted chunks.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..classifiers import Classifier
+from ..samplers import Sampler
+from ..windows import WindowGrid
+
+
+def ranks(maps: jnp.ndarray) -> jnp.ndarray:
+    """Rank of every pixel of ``maps [..., H, W]`` (0 = highest value), flattened to ``[..., H·W]``.
+
+    Ties: the lower row-major pixel index ranks first. Maps must be finite (checked by callers).
+    """
+    flat = maps.reshape(*maps.shape[:-2], -1)
+    order = jnp.argsort(-flat, axis=-1, stable=True)
+    return jnp.argsort(order, axis=-1).astype(jnp.int32)
+
+
+def pixel_counts(percents: Any, num_pixels: int) -> jnp.ndarray:
+    """How many pixels the top ``percents`` % of an image of ``num_pixels`` pixels are (rounded)."""
+    return jnp.round(jnp.asarray(percents, jnp.float32) / 100.0 * num_pixels).astype(jnp.int32)
+
+
+def top_masks(maps: jnp.ndarray, percents: Any) -> jnp.ndarray:
+    """``[..., Q, H, W]`` bool: the top ``percents[q]`` % pixels of each map (see :func:`ranks`)."""
+    h, w = maps.shape[-2:]
+    r = ranks(maps)
+    counts = pixel_counts(percents, h * w)
+    return (r[..., None, :] < counts[:, None]).reshape(*maps.shape[:-2], counts.shape[0], h, w)
+
+
+def fill_image(sampler: Sampler, image: jnp.ndarray, window: int, key: jax.Array,
+               sample: int | jnp.ndarray = 0) -> jnp.ndarray:
+    """A full-image fill ``[H, W, C]`` from ``sampler``, one tile of ``window`` pixels at a time.
+
+    Tiles sit on the non-overlapping grid ``WindowGrid(H, W, window, window)``; tile ``i`` gets the key
+    ``fold_in(key, i)`` and sample number ``sample``. Where the last tiles overlap, the later one wins.
+    """
+    h, w = image.shape[:2]
+    grid = WindowGrid(h, w, window, window)
+    state = sampler.prepare(image, window)
+    ys, xs = np.meshgrid(grid.ys, grid.xs, indexing="ij")
+    ys, xs = jnp.asarray(ys.ravel()), jnp.asarray(xs.ravel())
+    return _tile(sampler, state, image, key, ys, xs, jnp.asarray(sample, jnp.int32), window=window)
+
+
+@functools.partial(jax.jit, static_argnames=("window",))
+def _tile(sampler, state, image, key, ys, xs, sample, *, window):
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(ys.shape[0]))
+    patches = jax.vmap(lambda k, y, x: sampler.fill(state, image, window, k, y, x, sample))(keys, ys, xs)
+    zero = jnp.zeros((), jnp.int32)
+
+    def put(i, out):
+        return jax.lax.dynamic_update_slice(out, patches[i].astype(out.dtype), (ys[i], xs[i], zero))
+
+    return jax.lax.fori_loop(0, ys.shape[0], put, jnp.zeros_like(image))
+
+
+def mixture_probs(classifier: Classifier, keep: jnp.ndarray, put: jnp.ndarray, pixel_ranks: jnp.ndarray,
+                  counts: jnp.ndarray, batch_size: int) -> jnp.ndarray:
+    """Mean class probabilities of images that take their top pixels from ``put``, the rest from ``keep``.
+
+    Args:
+      classifier: a :class:`Classifier` (traced through ``jit``).
+      keep, put: ``[N, S, H, W, C]``: per image, S source pairs (e.g. S fill samples).
+      pixel_ranks: ``[N, J, H·W]`` from :func:`ranks`: J maps per image.
+      counts: ``[F]`` pixel counts: image (n, j, f, s) takes pixel i from ``put`` when
+        ``pixel_ranks[n, j, i] < counts[f]``.
+      batch_size: images per classifier call (results do not depend on it beyond rounding).
+
+    Returns ``[N, J, F, K]``, the mean over the S sources. Images are built on device, one chunk at a
+    time, so memory is one batch of images whatever N·J·F·S is.
+    """
+    n, s, h, w, c = keep.shape
+    j, f = pixel_ranks.shape[1], counts.shape[0]
+    total = n * j * f * s
+    batch = max(1, min(int(batch_size), total))
+    chunks = -(-total // batch)
+    idx = jnp.minimum(jnp.arange(chunks * batch, dtype=jnp.int32), total - 1).reshape(chunks, batch)
+
+    def one(i):
+        i_n, rest = i // (j * f * s), i % (j * f * s)
+        i_j, rest = rest // (f * s), rest % (f * s)
+        i_f, i_s = rest // s, rest % s
+        take = (pixel_ranks[i_n, i_j] < counts[i_f]).reshape(h, w, 1)
+        return jnp.where(take, put[i_n, i_s], keep[i_n, i_s])
+
+    def chunk(ids):
+        return classifier.probs(jax.vmap(one)(ids))
+
+    probs = jax.lax.map(chunk, idx).reshape(chunks * batch, -1)[:total]
+    return probs.reshape(n, j, f, s, -1).mean(axis=3)
