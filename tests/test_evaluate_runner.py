@@ -1,0 +1,208 @@
+"""Runs over data sets: resume after a crash, refused resumes, process splits, merge, summaries."""
+
+import csv
+import dataclasses
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import undesirable_jax as uj
+from undesirable_jax import evaluate as ev
+from undesirable_jax.data import Example, image_folder
+from undesirable_jax.evaluate import runner, summary
+
+H = W = 8
+K = 3
+
+
+def toy(x):
+    """Three classes seen in three bands of an 8×8 RGB image (a bit of non-linearity via the square)."""
+    top = x[:, :3].mean((1, 2, 3))
+    mid = (x[:, 3:5] ** 2).mean((1, 2, 3))
+    low = x[:, 5:, :, 1].mean((1, 2))
+    return jnp.stack([4 * top - 2 * low, 3 * mid, 4 * low - top], axis=-1)
+
+
+def toy_images(n):
+    rng = np.random.default_rng(0)
+    return [Example(id=f"img/{i}", image=rng.uniform(size=(H, W, 3)).astype(np.float32), label=int(i % K))
+            for i in range(n)]
+
+
+CONFIG = ev.EvalConfig(model="toy", window=2, stride=2, num_samples=2, seed=3, dataset="toy6",
+                       percents=(5.0, 25.0), curve_steps=4, rise_masks=16, rise_cells=2)
+SAMPLER = uj.samplers.marginal(np.random.default_rng(5).uniform(size=(4, H, W, 3)))   # random fills
+
+
+class Crash(RuntimeError):
+    pass
+
+
+class CrashAfter:
+    """A data set that raises after yielding ``n`` examples (an interrupted run)."""
+
+    def __init__(self, examples, n):
+        self.examples, self.n = examples, n
+
+    def __len__(self):
+        return len(self.examples)
+
+    def __iter__(self):
+        for i, ex in enumerate(self.examples):
+            if i == self.n:
+                raise Crash("injected")
+            yield ex
+
+
+def results_by_id(out):
+    return {r["id"]: r for r in runner.load_results(out)}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    ids = ev.run(out, toy_images(6), toy, CONFIG, SAMPLER, progress=False)
+    return out, ids
+
+
+def test_uninterrupted_run_writes_one_result_per_image_and_a_summary(reference):
+    out, ids = reference
+    assert ids == [f"img/{i}" for i in range(6)]
+    res = results_by_id(out)
+    assert sorted(res) == sorted(ids)
+    assert len(list((out / "results").glob("*.json"))) == 6
+    r = res["img/1"]
+    assert set(r["methods"]) == set(ev.METHODS)
+    assert len(r["methods"]["pda"]["removal_gain"]) == 2 and len(r["methods"]["pda"]["deletion"]) == 5
+    stored = json.loads((out / "config.json").read_text())
+    assert stored["window"] == 2 and stored["version"] == uj.__version__ and stored["sampler"].startswith("Marginal(")
+    for name in ("summary.md", "summary.csv", "removal_gain.png"):
+        assert (out / name).stat().st_size > 0
+    assert (out / "removal_gain.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_interrupted_run_resumes_to_exactly_the_uninterrupted_results(reference, tmp_path):
+    ref_out, _ = reference
+    with pytest.raises(Crash):
+        ev.run(tmp_path, CrashAfter(toy_images(6), 4), toy, CONFIG, SAMPLER, progress=False)
+    assert len(list((tmp_path / "results").glob("*.json"))) == 4      # finished images kept
+    assert not (tmp_path / "summary.md").exists()
+    ev.run(tmp_path, toy_images(6), toy, CONFIG, SAMPLER, progress=False)
+    got = results_by_id(tmp_path)
+    assert len(list((tmp_path / "results").glob("*.json"))) == 6
+    assert got == results_by_id(ref_out)
+    assert (tmp_path / "summary.csv").read_text() == (ref_out / "summary.csv").read_text()
+
+
+def test_resume_skips_finished_images(reference, tmp_path, monkeypatch):
+    ev.run(tmp_path, toy_images(6)[:3], toy, CONFIG, SAMPLER, progress=False, summarize=False)
+    calls = []
+    original = runner.evaluate_image
+    monkeypatch.setattr(runner, "evaluate_image", lambda *a, **k: calls.append(1) or original(*a, **k))
+    ev.run(tmp_path, toy_images(6), toy, CONFIG, SAMPLER, progress=False)
+    assert len(calls) == 3
+
+
+def test_resume_with_a_different_configuration_is_refused(reference):
+    out, _ = reference
+    before = sorted(p.name for p in (out / "results").iterdir())
+    other = dataclasses.replace(CONFIG, window=4, seed=4)
+    with pytest.raises(ValueError, match=r"different configuration.*seed.*window"):
+        ev.run(out, toy_images(6), toy, other, SAMPLER, progress=False)
+    with pytest.raises(ValueError, match="sampler"):
+        ev.run(out, toy_images(6), toy, CONFIG, uj.samplers.constant(0.0), progress=False)
+    with pytest.raises(ValueError, match="model_params_sha256"):
+        ev.run(out, toy_images(6), uj.from_function(lambda p, x: toy(x) * p, jnp.float32(2.0)), CONFIG,
+               SAMPLER, progress=False)
+    assert sorted(p.name for p in (out / "results").iterdir()) == before
+
+
+def test_two_process_split_and_merge_equal_the_one_process_run(reference, tmp_path):
+    ref_out, _ = reference
+    ids = ev.run(tmp_path, toy_images(6), toy, CONFIG, SAMPLER, process_index=1, process_count=2,
+                 progress=False)
+    assert sorted(results_by_id(tmp_path)) == ["img/1", "img/3", "img/5"]
+    assert not (tmp_path / "summary.md").exists()
+    with pytest.raises(ValueError, match=r"3 ids missing: img/0, img/2, img/4"):
+        ev.merge(tmp_path, ids)
+    assert len(list((tmp_path / "results").glob("*.json"))) == 3      # nothing lost
+    ev.run(tmp_path, toy_images(6), toy, CONFIG, SAMPLER, process_index=0, process_count=2, progress=False)
+    ev.merge(tmp_path, ids)
+    assert results_by_id(tmp_path) == results_by_id(ref_out)
+    assert (tmp_path / "summary.md").read_text() == (ref_out / "summary.md").read_text()
+
+
+def test_merge_reports_unexpected_and_duplicate_results(reference, tmp_path):
+    ref_out, ids = reference
+    (tmp_path / "results").mkdir()
+    (tmp_path / "config.json").write_text((ref_out / "config.json").read_text())
+    for p in (ref_out / "results").glob("*.json"):
+        (tmp_path / "results" / p.name).write_text(p.read_text())
+    rec = json.loads(next((ref_out / "results").glob("*.json")).read_text())
+    (tmp_path / "results" / "copy.json").write_text(json.dumps(rec))
+    with pytest.raises(ValueError, match="more than one result"):
+        ev.merge(tmp_path, ids)
+    with pytest.raises(ValueError, match="not in the data set"):
+        ev.merge(tmp_path, ids[1:])
+
+
+def test_summary_table_matches_the_results(reference):
+    out, _ = reference
+    res = list(results_by_id(out).values())
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    row = next(r for r in rows if r["metric"] == "removal_gain" and r["method"] == "pda" and float(r["q"]) == 25.0)
+    vals = [r["methods"]["pda"]["removal_gain"][1] for r in res]
+    assert int(row["n"]) == 6
+    assert float(row["mean"]) == pytest.approx(np.mean(vals), rel=1e-6)
+    from scipy import stats
+    lo, hi = stats.t.interval(0.95, 5, loc=np.mean(vals), scale=stats.sem(vals))
+    assert float(row["ci_low"]) == pytest.approx(lo, rel=1e-6) and float(row["ci_high"]) == pytest.approx(hi, rel=1e-6)
+    wrong = [r for r in res if r["prediction"] != r["label"]]
+    corr = next(r for r in rows if r["metric"] == "correction_rate" and r["method"] == "rise" and float(r["q"]) == 5.0)
+    assert int(corr["n"]) == len(wrong)
+    md = (out / "summary.md").read_text()
+    assert "after Kang et al." in md and "| pda |" in md and "q = 25%" in md
+
+
+def test_wilson_interval_against_a_hand_computed_value():
+    rate, lo, hi = summary.wilson_ci(3, 10)
+    assert rate == 0.3
+    assert lo == pytest.approx(0.10779, abs=1e-4) and hi == pytest.approx(0.60322, abs=1e-4)
+    assert all(np.isnan(summary.wilson_ci(0, 0)))
+
+
+def test_runner_on_an_image_folder(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(2)
+    for cls in ("a", "b", "c"):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)).save(tmp_path / "data" / cls / f"{i}.png")
+    data = image_folder(tmp_path / "data")
+    config = dataclasses.replace(CONFIG, dataset="folder", methods=("pda", "random"))
+    ids = ev.run(tmp_path / "out", data, toy, config, uj.samplers.constant(0.5),
+                 preprocess=lambda im: np.asarray(im, np.float32) / 255.0, progress=False)
+    assert ids == [f"{c}/{i}.png" for c in "abc" for i in range(2)]
+    res = results_by_id(tmp_path / "out")
+    assert sorted(res) == sorted(ids) and res["b/1.png"]["label"] == 1
+    assert (tmp_path / "out" / "summary.md").exists()
+
+
+def test_result_paths_are_safe_and_distinct(tmp_path):
+    a, b = runner.result_path(tmp_path, "a/b"), runner.result_path(tmp_path, "a_b")
+    assert a != b and a.parent == b.parent == tmp_path / "results"
+    assert runner.result_path(tmp_path, "../x").parent == tmp_path / "results"
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="methods"):
+        ev.EvalConfig(model="m", window=2, stride=1, methods=("pda", "lime"))
+    with pytest.raises(ValueError, match="percents"):
+        ev.EvalConfig(model="m", window=2, stride=1, percents=(0.0,))
+    with pytest.raises(ValueError, match="window"):
+        ev.EvalConfig(model="m", window=0, stride=1)
+    with pytest.raises(ValueError, match="process_index"):
+        ev.run("unused", [], toy, CONFIG, SAMPLER, process_index=2, process_count=2)
