@@ -1,0 +1,230 @@
+"""Labelled image sets that iterate as :class:`Example` records, all readable offline.
+
+- :func:`digits`: scikit-learn's 8x8 handwritten digits (1797 images, 10 classes).
+- :func:`lfw`: scikit-image's ``lfw_subset``, 25x25 faces (first 100) versus non-faces (last 100).
+- :func:`image_folder`: ``root/<class name>/<image>``, class names sorted, images read on access.
+- :func:`tfds_source`: a prepared tensorflow-datasets set through ``tfds.data_source`` (random
+  access, no TensorFlow); the data directory is checked first so a missing set fails at once
+  instead of tfds retrying downloads for minutes.
+
+Held-out split of the two built-in sets (fixed, no randomness): example ``i`` is in ``"test"`` when
+``i % 5 == 0`` and in ``"train"`` otherwise; ``"all"`` is every example. Images are ``uint8``:
+digits' 0..16 values become ``round(v * 255 / 16)``, lfw's floats in [0, 1] become ``round(x * 255)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+SPLITS = ("train", "test", "all")
+DIGITS_CLASSES: tuple[str, ...] = tuple(str(c) for c in range(10))
+LFW_CLASSES: tuple[str, ...] = ("face", "non-face")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One labelled image: ``id`` is stable and unique within its set; ``image`` is raw pixels."""
+
+    id: str
+    image: np.ndarray
+    label: int
+
+
+class _Sequence:
+    """Shared iteration for the sets below: ``len``, ``[i]``, ``iter``."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> Example:
+        raise NotImplementedError
+
+    def _check_index(self, index: int) -> int:
+        if not isinstance(index, (int, np.integer)):
+            raise TypeError(f"index: expected an int, got {type(index).__name__}")
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for a set of {n} examples")
+        return int(index) % n
+
+    def __iter__(self) -> Iterator[Example]:
+        for i in range(len(self)):
+            yield self[i]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ArraySet(_Sequence):
+    """Examples held in memory: ``images [N, ...]``, ``labels [N]``, ``ids [N]``."""
+
+    name: str
+    images: np.ndarray
+    labels: np.ndarray
+    ids: tuple[str, ...]
+    class_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> Example:
+        i = self._check_index(index)
+        return Example(id=self.ids[i], image=self.images[i], label=int(self.labels[i]))
+
+
+def _split_indices(n: int, split: str) -> np.ndarray:
+    if split not in SPLITS:
+        raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
+    i = np.arange(n)
+    return i if split == "all" else (i[i % 5 == 0] if split == "test" else i[i % 5 != 0])
+
+
+def digits(split: str = "test") -> ArraySet:
+    """scikit-learn digits as ``uint8 [8, 8]`` images, labels 0..9 (split: see the module doc)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    idx = _split_indices(len(d.target), split)
+    images = np.round(d.images[idx] * (255.0 / 16.0)).astype(np.uint8)
+    return ArraySet(name="digits", images=images, labels=d.target[idx].astype(np.int64),
+                    ids=tuple(f"digits/{i}" for i in idx), class_names=DIGITS_CLASSES)
+
+
+def lfw(split: str = "test") -> ArraySet:
+    """scikit-image ``lfw_subset`` as ``uint8 [25, 25]``: label 0 = face, 1 = non-face."""
+    from skimage.data import lfw_subset
+
+    x = lfw_subset()
+    labels = (np.arange(len(x)) >= 100).astype(np.int64)
+    idx = _split_indices(len(x), split)
+    images = np.round(np.clip(x[idx], 0.0, 1.0) * 255.0).astype(np.uint8)
+    return ArraySet(name="lfw", images=images, labels=labels[idx],
+                    ids=tuple(f"lfw/{i}" for i in idx), class_names=LFW_CLASSES)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ImageFolder(_Sequence):
+    """Images under ``root/<class>/``; read with Pillow as RGB ``uint8`` when accessed."""
+
+    root: Path
+    paths: tuple[Path, ...]
+    labels: tuple[int, ...]
+    class_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Example:
+        from .images import load_image
+
+        i = self._check_index(index)
+        return Example(id=self.paths[i].relative_to(self.root).as_posix(), image=load_image(self.paths[i]),
+                       label=self.labels[i])
+
+
+def image_folder(root: str | os.PathLike) -> ImageFolder:
+    """One sub-folder per class (names sorted -> labels 0, 1, ...), image files found recursively."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"root: {str(root)!r} is not a directory; expected root/<class name>/<images>")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (root / name).rglob("*")
+                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+        paths += files
+        labels += [label] * len(files)
+    if not paths:
+        raise ValueError(f"root: no images ({', '.join(IMAGE_SUFFIXES)}) in class sub-folders of {str(root)!r}; "
+                         f"expected root/<class name>/<image files>")
+    return ImageFolder(root=root, paths=tuple(paths), labels=tuple(labels), class_names=tuple(classes))
+
+
+# ------------------------------------------------------------------------ tensorflow-datasets
+
+
+def _default_tfds_dir() -> Path:
+    return Path(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")).expanduser()
+
+
+def _prepare_hint(name: str, data_dir: Path) -> str:
+    base = name.split("/")[0].split(":")[0]
+    steps = (f"prepare it in the array_record format on a machine with network access:\n"
+             f"  tfds build {base} --data_dir {data_dir} --file_format array_record\n"
+             f"(or tfds.builder({base!r}, data_dir=..., file_format='array_record').download_and_prepare())"
+             f" and copy {data_dir / base} here.")
+    if base == "imagenet2012":
+        steps = (f"imagenet2012 cannot be downloaded automatically: put ILSVRC2012_img_train.tar and "
+                 f"ILSVRC2012_img_val.tar (from image-net.org) in {data_dir / 'downloads' / 'manual'}, then "
+                 + steps)
+    return steps
+
+
+def check_tfds_prepared(name: str, data_dir: str | os.PathLike | None = None) -> Path:
+    """Return the data directory if ``name`` is prepared in it (a ``dataset_info.json`` under
+    ``data_dir/<name>/[<config>/]<version>/``); else raise FileNotFoundError saying how to prepare it."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name: expected a tfds data set name such as 'imagenette', got {name!r}")
+    root = _default_tfds_dir() if data_dir is None else Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"data_dir: {str(root)!r} does not exist; {_prepare_hint(name, root)}")
+    parts = name.split(":")[0].split("/")
+    base = root.joinpath(*parts)
+    found = base.is_dir() and any(
+        p.is_file() for pattern in ("*/dataset_info.json", "*/*/dataset_info.json")
+        for p in base.glob(pattern))
+    if not found:
+        raise FileNotFoundError(f"tfds data set {name!r} is not prepared in {str(root)!r} (no "
+                                f"{base.name}/[config/]version/dataset_info.json); {_prepare_hint(name, root)}")
+    return root
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TfdsSource(_Sequence):
+    """A ``tfds.data_source`` split read as :class:`Example` (random access, no TensorFlow)."""
+
+    name: str
+    split: str
+    source: Any
+    class_names: tuple[str, ...]
+    image_key: str = "image"
+    label_key: str = "label"
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> Example:
+        i = self._check_index(index)
+        record = self.source[i]
+        fname = record.get("file_name")
+        if isinstance(fname, bytes):
+            fname = fname.decode("utf-8")
+        ident = f"{self.name}/{self.split}/{fname}" if fname else f"{self.name}/{self.split}/{i}"
+        return Example(id=ident, image=np.asarray(record[self.image_key]), label=int(record[self.label_key]))
+
+
+def tfds_source(name: str, split: str, data_dir: str | os.PathLike | None = None, *,
+                image_key: str = "image", label_key: str = "label") -> TfdsSource:
+    """A prepared tfds set (``"imagenet2012"``, ``"imagenette"``, any name) from ``data_dir``.
+
+    ``data_dir`` defaults to ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``. Nothing is downloaded:
+    the data must have been prepared in the ``array_record`` file format (see
+    :func:`check_tfds_prepared` for the error, which says how).
+    """
+    root = check_tfds_prepared(name, data_dir)
+    import tensorflow_datasets as tfds
+
+    source = tfds.data_source(name, split=split, data_dir=os.fspath(root), download=False)
+    info = getattr(source, "dataset_info", None)
+    features = info.features if info is not None else {}
+    for key in (image_key, label_key):
+        if key not in features:
+            raise ValueError(f"{key!r}: tfds set {name!r} has no feature {key!r}; its features are "
+                             f"{sorted(features)}; pass image_key= / label_key=")
+    names = tuple(getattr(features[label_key], "names", ()) or ())
+    return TfdsSource(name=name, split=split, source=source, class_names=names,
+                      image_key=image_key, label_key=label_key)

@@ -1,0 +1,16 @@
+"""Classifiers as pure functions ``(params, images [N, H, W, C]) -> logits [N, K]``, with their weights.
+
+``load(name, weights=None)`` gives a :class:`LoadedModel` for the built-in names in
+:data:`MODEL_NAMES`; the submodules hold the architectures (``efficientnet``, ``resnet``,
+``small_cnn``), the training script (``train_small_cnn``) and the code-free weight readers
+(``weights``).
+"""
+
+from . import efficientnet, resnet, small_cnn, weights
+from .registry import MODEL_NAMES, LoadedModel, load
+from .weights import UnsafeWeightsError, load_state_dict, read_checkpoint, save_safetensors
+
+__all__ = [
+    "LoadedModel", "MODEL_NAMES", "UnsafeWeightsError", "efficientnet", "load", "load_state_dict",
+    "read_checkpoint", "resnet", "save_safetensors", "small_cnn", "weights",
+]
