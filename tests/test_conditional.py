@@ -70,6 +70,18 @@ def reference_conditional(mean, cov, image, y, x, window, padding, per_channel):
     return m, np.stack(covs)
 
 
+def moments_at(s, state, image, window, positions):
+    """The sampler's conditional mean (as [n, k, k, C]) and covariance (chol·cholᵀ) at (y, x) positions."""
+    ys = jnp.asarray([p[0] for p in positions], jnp.int32)
+    xs = jnp.asarray([p[1] for p in positions], jnp.int32)
+    m, chol = jax.jit(jax.vmap(lambda y, x: s.moments(state, image, window, y, x)))(ys, xs)
+    m = np.asarray(m, np.float64)
+    n, c = m.shape[0], s.channels
+    m = m.transpose(0, 2, 1).reshape(n, window, window, c) if s.per_channel else m.reshape(n, window, window, c)
+    chol = np.asarray(chol, np.float64)
+    return m, chol @ np.swapaxes(chol, -1, -2)
+
+
 def rel(a, b):
     return np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b)
 
@@ -86,34 +98,30 @@ def test_conditional_moments_match_float64_numpy(per_channel):
     s, mean, cov = random_sampler(rng, window=window, padding=padding, channels=c, per_channel=per_channel)
     image = rng.normal(size=(17, 18, c)).astype(np.float32)
     state = s.prepare(jnp.asarray(image), window)
+    got_m, got_c = moments_at(s, state, jnp.asarray(image), window, list(POSITIONS.values()))
     classes_seen = set()
-    for name, (y, x) in POSITIONS.items():
-        m, chol = s.moments(state, jnp.asarray(image), window, jnp.int32(y), jnp.int32(x))
+    for i, (name, (y, x)) in enumerate(POSITIONS.items()):
         ref_m, ref_c = reference_conditional(mean, cov, image, y, x, window, padding, per_channel)
-        m = np.asarray(m, np.float64)
-        m = m.T.reshape(window, window, c) if per_channel else m.reshape(window, window, c)
-        chol = np.asarray(chol, np.float64)
-        got_c = chol @ np.swapaxes(chol, -1, -2)
-        assert rel(m, ref_m) < 1e-4, name
-        assert rel(got_c, ref_c) < 1e-4, name
+        assert rel(got_m[i], ref_m) < 1e-4, name
+        assert rel(got_c[i], ref_c) < 1e-4, name
         classes_seen.add((y - min(max(y - padding, 0), 17 - 7), x - min(max(x - padding, 0), 18 - 7)))
     assert len(classes_seen) == len(POSITIONS)  # every position above is a different class
 
 
+@pytest.mark.parametrize("per_channel", [True, False], ids=["per_channel", "joint"])
 @pytest.mark.parametrize("shape", [(5, 9, 2), (9, 4, 2), (3, 3, 2)], ids=["short", "narrow", "window-sized"])
-def test_images_smaller_than_the_patch_condition_on_what_exists(shape):
+def test_images_smaller_than_the_patch_condition_on_what_exists(shape, per_channel):
     rng = np.random.default_rng(1)
     window, padding = 3, 2
-    s, mean, cov = random_sampler(rng, window=window, padding=padding, channels=2, per_channel=True)
+    s, mean, cov = random_sampler(rng, window=window, padding=padding, channels=2, per_channel=per_channel)
     image = rng.normal(size=shape).astype(np.float32)
     state = s.prepare(jnp.asarray(image), window)
-    for y in range(shape[0] - window + 1):
-        for x in range(shape[1] - window + 1):
-            m, chol = s.moments(state, jnp.asarray(image), window, jnp.int32(y), jnp.int32(x))
-            ref_m, ref_c = reference_conditional(mean, cov, image, y, x, window, padding, True)
-            chol = np.asarray(chol, np.float64)
-            assert rel(np.asarray(m).T.reshape(window, window, 2), ref_m) < 1e-4, (y, x)
-            assert rel(chol @ np.swapaxes(chol, -1, -2), ref_c) < 1e-4, (y, x)
+    positions = [(y, x) for y in range(shape[0] - window + 1) for x in range(shape[1] - window + 1)]
+    got_m, got_c = moments_at(s, state, jnp.asarray(image), window, positions)
+    for i, (y, x) in enumerate(positions):
+        ref_m, ref_c = reference_conditional(mean, cov, image, y, x, window, padding, per_channel)
+        assert rel(got_m[i], ref_m) < 1e-4, (y, x)
+        assert rel(got_c[i], ref_c) < 1e-4, (y, x)
 
 
 @pytest.mark.parametrize("per_channel", [True, False], ids=["per_channel", "joint"])
@@ -212,6 +220,7 @@ def _natural(name, shape):
     return transform.resize(img, shape, anti_aliasing=True).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_conditional_fills_beat_marginal_fills_on_a_natural_image():
     shape, window = (60, 90, 3), 8
     test_img = _natural("chelsea", shape)
@@ -236,7 +245,9 @@ def test_conditional_fills_beat_marginal_fills_on_a_natural_image():
         return float(np.mean(errs))
 
     cond_mse, marg_mse = mse(cond), mse(marg)
-    assert cond_mse < 0.5 * marg_mse, (cond_mse, marg_mse)
+    const_mse = mse(samplers.constant(pool.mean(axis=(0, 1, 2))), draws=1)
+    assert cond_mse < 0.33 * marg_mse, (cond_mse, marg_mse)    # measured ≈ 0.16×
+    assert cond_mse < 0.8 * const_mse, (cond_mse, const_mse)   # it uses the ring: ≈ 0.6× the mean colour
 
 
 def _fitted_small(window=4, channels=3, per_channel=True):
@@ -253,6 +264,7 @@ def _linear_classifier(h, w, c, k=5, seed=0):
     return uj.from_function(lambda p, x: x.reshape(x.shape[0], -1) @ p, a)
 
 
+@pytest.mark.slow
 def test_explain_compiles_once_is_deterministic_and_chunk_invariant():
     s = _fitted_small()
     image = ndimage.gaussian_filter(np.random.default_rng(7).normal(size=(14, 15, 3)), (1.5, 1.5, 0))
