@@ -181,3 +181,16 @@ def test_evaluate_maps_rejects_nan_maps_and_wrong_shapes():
     with pytest.raises(ValueError, match="fills"):
         ev.evaluate_maps(linear, IMAGE[None], ev.MethodMaps(*(jnp.zeros((1, 1, 2, 3)),) * 3), [0], [1], [0],
                          np.zeros((1, 2, 3, 1)))
+
+
+def test_fill_image_with_the_conditional_sampler_stays_in_range_and_is_reproducible():
+    from undesirable_jax.conditional import conditional_gaussian
+
+    imgs = jax.random.uniform(jax.random.key(0), (6, 8, 8, 1))
+    s = conditional_gaussian(imgs, window=2, key=jax.random.key(1), num_patches=500)
+    a = ev.fill_image(s, imgs[0], 2, jax.random.key(2), 0)
+    b = ev.fill_image(s, imgs[0], 2, jax.random.key(2), 0)
+    c = ev.fill_image(s, imgs[0], 2, jax.random.key(3), 0)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c) and not np.allclose(a, imgs[0])
+    assert float(a.min()) >= float(imgs.min()) - 1e-6 and float(a.max()) <= float(imgs.max()) + 1e-6

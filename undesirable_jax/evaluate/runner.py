@@ -173,7 +173,6 @@ def evaluate_image(classifier: Any, image: Any, label: int, config: EvalConfig, 
     order = np.lexsort((np.arange(k), -others))              # p descending, id ascending
     c = int(order[0])
     top_k = min(config.top_k, k - 1)
-    rows = sorted({t, *order[:top_k].tolist()})
     h, w = img.shape[:2]
     keys = {name: jax.random.fold_in(key, i) for i, name in enumerate(("pda", "rise", "random", "fill"))}
 
@@ -184,7 +183,7 @@ def evaluate_image(classifier: Any, image: Any, label: int, config: EvalConfig, 
         if name == "pda":
             expl = explain(clf, img, window=config.window, stride=config.stride, sampler=sampler,
                            num_samples=config.num_samples, key=keys["pda"], chunk_size=chunk_size,
-                           classes=rows, laplace_n=config.laplace_n)
+                           classes=None, laplace_n=config.laplace_n)  # all rows: factors' stable q
             f = factors(expl, target=t, top_k=top_k, decouple=config.decouple)
             nt = np.asarray(f.non_target_classes)
             if nt[0] != c:

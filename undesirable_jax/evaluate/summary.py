@@ -82,8 +82,9 @@ def _cell(row: dict) -> str:
 def to_markdown(rows: Sequence[dict], config: dict, num_images: int, num_wrong: int) -> str:
     """Tables: one per q-metric (methods × q) and one for the curve areas."""
     methods, percents = config["methods"], config["percents"]
-    out = [f"Our metric, after Kang et al. (METHOD.md §4). {num_images} images ({num_wrong} misclassified); "
-           f"model `{config['model']}`, sampler `{config['sampler']}`, window {config['window']}, "
+    out = [f"Our metric, after Kang et al. (METHOD.md §4). {num_images} images ({num_wrong} misclassified) of "
+           f"`{config.get('dataset') or 'unnamed data set'}`; model `{config['model']}`, "
+           f"sampler `{config['sampler']}`, window {config['window']}, "
            f"stride {config['stride']}, {config['num_samples']} samples, seed {config['seed']}. "
            "Mean [95% CI].", ""]
     index = {(r["metric"], r["method"], r["q"]): r for r in rows}
