@@ -153,10 +153,11 @@ def _default_tfds_dir() -> Path:
 
 def _prepare_hint(name: str, data_dir: Path) -> str:
     base = name.split("/")[0].split(":")[0]
-    steps = (f"prepare it in the array_record format on a machine with network access:\n"
+    steps = (f"prepare it once in the array_record file format (tfds build needs TensorFlow, and network access "
+             f"for sets it downloads):\n"
              f"  tfds build {base} --data_dir {data_dir} --file_format array_record\n"
-             f"(or tfds.builder({base!r}, data_dir=..., file_format='array_record').download_and_prepare())"
-             f" and copy {data_dir / base} here.")
+             f"(or tfds.builder({base!r}, data_dir=..., file_format='array_record').download_and_prepare()),"
+             f" then copy the folder {base}/ into {data_dir} on this machine")
     if base == "imagenet2012":
         steps = (f"imagenet2012 cannot be downloaded automatically: put ILSVRC2012_img_train.tar and "
                  f"ILSVRC2012_img_val.tar (from image-net.org) in {data_dir / 'downloads' / 'manual'}, then "
