@@ -18,7 +18,7 @@ CATS = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
 def test_depthwise_multiply_adds_equal_grouped_conv():
     """The CPU-fast depthwise conv against lax's grouped convolution with TF SAME padding."""
     rng = np.random.default_rng(0)
-    for k, stride, size in ((3, 1, 9), (5, 2, 10), (3, 2, 7), (5, 1, 6)):
+    for k, stride, size in ((3, 1, 7), (5, 2, 9)):  # odd and even widths, both paddings
         x = jnp.asarray(rng.normal(size=(2, size, size + 1, 4)).astype(np.float32))
         w = jnp.asarray(rng.normal(size=(k, k, 1, 4)).astype(np.float32))
         want = jax.lax.conv_general_dilated(x, w, (stride, stride), "SAME", feature_group_count=4,

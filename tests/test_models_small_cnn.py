@@ -58,14 +58,15 @@ def test_small_cnn_preprocess_takes_any_uint8_image():
 def test_training_script_reproduces_the_shipped_digits_params(tmp_path):
     result = train_small_cnn.main(["--dataset", "digits", "--out", str(tmp_path / "d.safetensors")])
     assert result.test_accuracy >= 0.95
-    new = models.weights.load_state_dict(tmp_path / "d.safetensors")
-    shipped = models.weights.load_state_dict(small_cnn.shipped_weights_path("digits"))
+    new = models.checkpoints.load_state_dict(tmp_path / "d.safetensors")
+    shipped = models.checkpoints.load_state_dict(small_cnn.shipped_weights_path("digits"))
     assert new.keys() == shipped.keys()
     for k in shipped:  # bit-identical on the machine that made them; tiny float drift elsewhere
         np.testing.assert_allclose(new[k], shipped[k], atol=1e-3, err_msg=k)
     assert result.test_accuracy == pytest.approx(float(_metadata("digits")["test_accuracy"]), abs=2 / 360)
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_from_the_seed_and_varies_with_it():
     short = train_small_cnn.TrainConfig(epochs=1, batch_size=128, learning_rate=3e-3)
     a = train_small_cnn.train("lfw", seed=3, train_config=short)
@@ -80,6 +81,6 @@ def test_bad_names_and_weights(tmp_path):
         models.load("vgg16")
     with pytest.raises(ValueError, match="dataset: expected one of"):
         small_cnn.config("mnist")
-    models.weights.save_safetensors(tmp_path / "w.safetensors", {"params/Dense_0/kernel": np.zeros((3, 3), np.float32)})
+    models.checkpoints.save_safetensors(tmp_path / "w.safetensors", {"params/Dense_0/kernel": np.zeros((3, 3), np.float32)})
     with pytest.raises(ValueError, match="does not fit the digits CNN"):
         models.load("digits_cnn", weights=tmp_path / "w.safetensors")

@@ -11,7 +11,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from undesirable_jax.models import weights as W
+from undesirable_jax.models import checkpoints as W
 from test_weights_torch_writer import LEGACY_MAGIC, contiguous, write_legacy, write_zip
 
 

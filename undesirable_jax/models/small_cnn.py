@@ -20,7 +20,7 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
-from .weights import load_state_dict, save_safetensors
+from .checkpoints import load_state_dict, save_safetensors
 
 
 @dataclasses.dataclass(frozen=True)
