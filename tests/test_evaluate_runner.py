@@ -234,3 +234,16 @@ def test_one_command_run_on_an_image_folder_with_a_shipped_model(tmp_path, capsy
     assert cli.main(argv) == 0                      # the same command again: resumes, nothing to do
     with pytest.raises(ValueError, match="window"):
         cli.main([a if a != "2" else "4" for a in argv[:10]] + argv[10:])
+
+
+def test_merge_refuses_results_made_under_another_configuration(reference, tmp_path):
+    ref_out, ids = reference
+    (tmp_path / "results").mkdir()
+    (tmp_path / "config.json").write_text((ref_out / "config.json").read_text())
+    for p in (ref_out / "results").glob("*.json"):
+        rec = json.loads(p.read_text())
+        if rec["id"] == "img/2":
+            rec["config_sha256"] = "0" * 16          # as if a process ran with other settings
+        (tmp_path / "results" / p.name).write_text(json.dumps(rec))
+    with pytest.raises(ValueError, match=r"1 ids computed under another configuration.*img/2"):
+        ev.merge(tmp_path, ids)

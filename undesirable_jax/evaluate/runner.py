@@ -137,6 +137,11 @@ def check_config(out_dir: str | Path, record: dict) -> None:
         io.write_json(path, record)
 
 
+def config_digest(record: dict) -> str:
+    """A short hash of a configuration record, stored in every result file and checked by :func:`merge`."""
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def result_path(out_dir: str | Path, image_id: str) -> Path:
     """``<out>/results/<id>.json``; ids with other characters than ``[A-Za-z0-9._-]`` get a safe name."""
     if not isinstance(image_id, str) or not image_id:
@@ -254,7 +259,9 @@ def run(out_dir: str | Path, dataset: Iterable[Any], classifier: Any, config: Ev
                          f"{process_index} and {process_count}")
     clf = as_classifier(classifier)
     out_dir = Path(out_dir)
-    check_config(out_dir, config_record(config, clf, sampler))
+    record = config_record(config, clf, sampler)
+    check_config(out_dir, record)
+    digest = config_digest(record)
 
     total = len(dataset) if hasattr(dataset, "__len__") else None
     share = None if total is None else len(range(process_index, total, process_count))
@@ -276,7 +283,7 @@ def run(out_dir: str | Path, dataset: Iterable[Any], classifier: Any, config: Ev
             image = ex.image if preprocess is None else preprocess(ex.image)
             rec = evaluate_image(clf, image, int(ex.label), config, sampler, image_key(config.seed, image_id),
                                  chunk_size=chunk_size, batch_size=batch_size)
-            io.write_json(path, {"id": image_id, "index": index, **rec})
+            io.write_json(path, {"id": image_id, "index": index, "config_sha256": digest, **rec})
             bar.update(1)
     finally:
         bar.close()
@@ -299,7 +306,9 @@ def load_results(out_dir: str | Path) -> list[dict]:
 def merge(out_dir: str | Path, dataset_ids: Sequence[str]) -> dict[str, Path]:
     """Check that each of ``dataset_ids`` has exactly one result, then write the summary files.
 
-    Missing, duplicated or unexpected ids raise ``ValueError`` listing them; no result is touched.
+    Missing, duplicated or unexpected ids, and results whose configuration hash differs from
+    ``config.json`` (a process started with other settings), raise ``ValueError`` listing them; no
+    result is touched.
     Returns the paths written (``markdown``, ``csv``, ``plot``).
     """
     out_dir = Path(out_dir)
@@ -314,12 +323,15 @@ def merge(out_dir: str | Path, dataset_ids: Sequence[str]) -> dict[str, Path]:
     counts: dict[str, int] = {}
     for r in results:
         counts[r["id"]] = counts.get(r["id"], 0) + 1
+    digest = config_digest(config)
+    foreign = sorted(r["id"] for r in results if r.get("config_sha256") != digest)
     missing = [i for i in expected if i not in counts]
     doubled = sorted(i for i, n in counts.items() if n > 1)
     unexpected = sorted(set(counts) - set(expected))
     problems = []
     for what, lst in (("missing", missing), ("with more than one result", doubled),
-                      ("not in the data set", unexpected)):
+                      ("not in the data set", unexpected),
+                      ("computed under another configuration than config.json", foreign)):
         if lst:
             shown = ", ".join(lst[:20]) + (f", … ({len(lst)} in all)" if len(lst) > 20 else "")
             problems.append(f"{len(lst)} ids {what}: {shown}")
