@@ -84,3 +84,22 @@ def test_bad_names_and_weights(tmp_path):
     models.checkpoints.save_safetensors(tmp_path / "w.safetensors", {"params/Dense_0/kernel": np.zeros((3, 3), np.float32)})
     with pytest.raises(ValueError, match="does not fit the digits CNN"):
         models.load("digits_cnn", weights=tmp_path / "w.safetensors")
+
+
+def test_loaded_model_runs_through_the_engine_and_compiles_once():
+    """A LoadedModel's classifier is what ``explain`` takes; occlusion with S=1 equals a direct loop."""
+    m = models.load("digits_cnn")
+    x = m.preprocess(data.digits("test")[0].image).image
+    expl = uj.explain(m.classifier, x, window=4, stride=4, sampler=uj.samplers.constant(0.0), num_samples=1,
+                      key=jax.random.key(0), chunk_size=4)
+    probs = np.asarray(m.classifier.probs(jnp.asarray(x[None])))[0]
+    np.testing.assert_allclose(expl.probs, probs, rtol=1e-5, atol=1e-7)
+    for i in range(2):
+        for j in range(2):
+            occluded = x.copy()
+            occluded[4 * i:4 * i + 4, 4 * j:4 * j + 4] = 0.0
+            want = np.asarray(m.classifier.probs(jnp.asarray(occluded[None])))[0]
+            np.testing.assert_allclose(expl.window_probs[:, i, j], want, rtol=1e-4, atol=1e-6)
+    # a second LoadedModel of the same architecture hashes equal: same compiled program
+    assert models.load("digits_cnn").classifier.fn == m.classifier.fn
+    assert hash(models.load("digits_cnn").classifier.fn) == hash(m.classifier.fn)
