@@ -36,6 +36,20 @@ def test_wheel_weights_convert_completely():
         efficientnet.convert({"fc.weight": np.zeros((2, 2))})
 
 
+def test_local_weights_path_in_either_format(tmp_path):
+    from undesirable_jax.models import checkpoints
+
+    sd = models.load_state_dict(efficientnet.default_weights_path())
+    checkpoints.save_safetensors(tmp_path / "lite0.safetensors", sd)
+    m = models.load("efficientnet_lite0", weights=tmp_path / "lite0.safetensors")
+    default = models.load("efficientnet_lite0")
+    assert m.weights.endswith("lite0.safetensors") and default.weights.endswith(".pth")
+    jax.tree.map(np.testing.assert_array_equal, m.classifier.params, default.classifier.params)
+    assert m.classifier.fn is default.classifier.fn is efficientnet.apply  # one compiled program for both
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        models.load("efficientnet_lite0", weights=tmp_path / "missing.pth")
+
+
 @pytest.mark.slow
 def test_imagenet_predictions_on_sample_images():
     m = models.load("efficientnet_lite0")

@@ -80,6 +80,24 @@ def test_safetensors_round_trip_is_atomic_write(tmp_path):
         np.testing.assert_array_equal(sd[k], v)
 
 
+def test_safetensors_found_by_content_and_bad_layouts_refused(tmp_path):
+    W.save_safetensors(tmp_path / "w.bin", {"a": np.arange(3, dtype=np.float32)})
+    np.testing.assert_array_equal(W.load_state_dict(tmp_path / "w.bin")["a"], np.arange(3))
+    storages = {"0": np.arange(4, dtype=np.float32)}
+    for layout, msg in ((("0", 0, (5,), (1,)), "needs 5 elements"), (("0", 0, (2, 2), (-1, 1)), "invalid tensor layout"),
+                        (("0", -1, (2,), (1,)), "invalid tensor layout")):
+        write_zip(tmp_path / "bad.pth", {"a": layout}, storages)
+        with pytest.raises(ValueError, match=msg):
+            W.load_state_dict(tmp_path / "bad.pth")
+    write_zip(tmp_path / "ok.pth", {"a": ("0", 0, (4,), (1,))}, storages)
+    with zipfile.ZipFile(tmp_path / "ok.pth") as src, zipfile.ZipFile(tmp_path / "cut.pth", "w") as dst:
+        for name in src.namelist():
+            if not name.endswith("data/0"):
+                dst.writestr(name, src.read(name))
+    with pytest.raises(ValueError, match="truncated"):
+        W.load_state_dict(tmp_path / "cut.pth")
+
+
 def test_missing_file_fails_at_once_with_what_to_do(tmp_path):
     t0 = time.perf_counter()
     with pytest.raises(FileNotFoundError, match="never downloads"):

@@ -110,6 +110,12 @@ def _restricted_load(f: Any) -> tuple[Any, dict[str, np.dtype]]:
 def _materialise(obj: Any, storages: Mapping[str, np.ndarray]) -> Any:
     """Replace every :class:`_TensorRef` in a nest of dicts / lists by a numpy array (a copy)."""
     if isinstance(obj, _TensorRef):
+        if obj.key not in storages:
+            raise ValueError(f"weight file: tensor refers to storage {obj.key!r}, which the file lacks")
+        if obj.offset < 0 or any(n < 0 for n in obj.size) or any(st < 0 for st in obj.stride) \
+                or len(obj.size) != len(obj.stride):
+            raise ValueError(f"weight file: invalid tensor layout (offset {obj.offset}, size {obj.size}, "
+                             f"stride {obj.stride})")
         flat = storages[obj.key]
         if obj.dtype != flat.dtype:
             flat = flat.view(obj.dtype)
@@ -137,6 +143,9 @@ def _load_torch_zip(path: Path) -> Any:
         if prefix + "byteorder" in names and z.read(prefix + "byteorder").strip() != b"little":
             raise ValueError(f"path: {str(path)!r} was saved big-endian; re-save it on a little-endian machine")
         obj, dtypes = _restricted_load(io.BytesIO(z.read(pkl[0])))
+        lacking = [k for k in dtypes if f"{prefix}data/{k}" not in names]
+        if lacking:
+            raise ValueError(f"path: {str(path)!r} is truncated: no data for storages {lacking[:5]}")
         storages = {k: np.frombuffer(z.read(f"{prefix}data/{k}"), dtype=dt) for k, dt in dtypes.items()}
     return _materialise(obj, storages)
 
@@ -172,8 +181,10 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     if not path.is_file():
         raise _missing(path)
     with open(path, "rb") as f:
-        head = f.read(8)
-    if path.suffix == ".safetensors":
+        head = f.read(9)
+    # safetensors: an 8-byte little-endian header length, then the JSON header
+    looks_safetensors = len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") < 10**8
+    if path.suffix == ".safetensors" or looks_safetensors:
         from safetensors.numpy import load_file
 
         return load_file(os.fspath(path))
