@@ -218,10 +218,14 @@ def test_torch_saved_files_read_without_torch_code(tmp_path):
     lin = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(5, 2))
     sd = lin.state_dict()
     sd["view"] = sd["0.weight"].transpose(0, 1)  # non-contiguous, shares storage
+    sd["bf16"] = torch.randn(3, 2, dtype=torch.bfloat16)
+    sd["half_slice"] = torch.randn(6, dtype=torch.float16)[2:]
     torch.save(sd, tmp_path / "z.pth")
     torch.save(sd, tmp_path / "l.pth", _use_new_zipfile_serialization=False)
     for name in ("z.pth", "l.pth"):
         got = W.load_state_dict(tmp_path / name)
         assert list(got) == list(sd)
         for k, v in sd.items():
-            np.testing.assert_array_equal(got[k], v.numpy(), err_msg=k)
+            want = v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
+            np.testing.assert_array_equal(got[k].astype(want.dtype), want, err_msg=k)
+            assert got[k].dtype.itemsize == v.element_size(), k
