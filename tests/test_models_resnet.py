@@ -179,3 +179,16 @@ def test_init_gives_random_resnet_of_the_right_shape():
     k = np.asarray(v["params"]["layer3_1"]["conv2"]["kernel"])  # 3x3x256x256, He-normal
     assert abs(k.std() / np.sqrt(2.0 / (9 * 256)) - 1) < 0.02 and abs(k.mean()) < 1e-3
     assert not np.allclose(k, np.asarray(resnet.init(18, jax.random.key(1), 4)["params"]["layer3_1"]["conv2"]["kernel"]))
+
+
+@pytest.mark.slow
+def test_bfloat16_compute_tracks_float32():
+    key = jax.random.key(3)
+    f32 = resnet.random_classifier(18, key, num_classes=8)
+    bf16 = resnet.random_classifier(18, key, num_classes=8, dtype="bfloat16")
+    x = jax.random.normal(jax.random.key(4), (4, 32, 32, 3))
+    run = jax.jit(lambda c, v: c(v))
+    a, b = np.asarray(run(f32, x)), np.asarray(run(bf16, x))
+    assert b.dtype == np.float32 and a.shape == b.shape == (4, 8)
+    assert np.abs(a - b).max() < 0.05 * np.abs(a).max()
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
