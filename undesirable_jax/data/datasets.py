@@ -27,7 +27,7 @@ LFW_CLASSES: tuple[str, ...] = ("face", "non-face")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # holds arrays: compare by identity
 class Example:
     """One labelled image: ``id`` is stable and unique within its set; ``image`` is raw pixels."""
 

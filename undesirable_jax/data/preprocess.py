@@ -19,7 +19,7 @@ import numpy as np
 _RESAMPLE = ("nearest", "bilinear", "bicubic", "box", "lanczos")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # holds arrays: compare by identity
 class Preprocessed:
     """A model input and its mapping back to the original pixels.
 

@@ -19,7 +19,7 @@ from ..data.preprocess import EFFICIENTNET_LITE, TORCHVISION, Preprocessed, Prep
 MODEL_NAMES: tuple[str, ...] = ("efficientnet_lite0", "digits_cnn", "lfw_cnn", "resnet18", "resnet34", "resnet50")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # holds arrays: compare by identity
 class LoadedModel:
     """A ready classifier: ``classifier(preprocess(raw).image[None])`` gives logits over ``class_names``."""
 
