@@ -60,3 +60,16 @@ def test_imagenet_predictions_on_sample_images():
     assert data.short_name(m.class_names[int(coffee.argmax())]) == "espresso" and coffee.max() > 0.9
     top3 = {data.short_name(m.class_names[int(c)]) for c in np.argsort(-chelsea)[:3]}
     assert top3 & CATS, top3
+
+
+def test_loading_never_imports_torch():
+    """Even where torch is installed, loading the .pth weights does not import it (no torch code runs)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from undesirable_jax import models; m = models.load('efficientnet_lite0'); "
+            "assert len(m.classifier.params['blocks']) == 16; "
+            "print(sorted(k for k in sys.modules if k == 'torch' or k.startswith('torch.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
