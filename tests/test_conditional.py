@@ -346,3 +346,34 @@ def test_fitting_20000_patches_of_14x14_takes_seconds():
     seconds = time.perf_counter() - t0      # includes compilation and the 25 classes' matrices
     assert seconds < 30, seconds
     assert s.cond_weight.shape == (25, 3, 100, 96) and s.cond_chol.shape == (25, 3, 100, 100)
+
+
+def test_batched_forms_agree_with_the_per_window_formula():
+    """The CPU loop, the accelerator gather and the vmap rule all compute bias[c] + W[c]v + L[c]z."""
+    rng = np.random.default_rng(9)
+    n_cls, g, n_in, n_obs, p = 5, 2, 4, 6, 11
+    bias, weight, chol = (jnp.asarray(rng.normal(size=s), jnp.float32)
+                          for s in ((n_cls, g, n_in), (n_cls, g, n_in, n_obs), (n_cls, g, n_in, n_in)))
+    cls = jnp.asarray(rng.integers(0, n_cls, p), jnp.int32)
+    v = jnp.asarray(rng.normal(size=(p, g, n_obs)), jnp.float32)
+    z = jnp.asarray(rng.normal(size=(p, g, n_in)), jnp.float32)
+    b64, w64, l64 = (np.asarray(a, np.float64) for a in (bias, weight, chol))
+    c = np.asarray(cls)
+    ref = b64[c] + np.einsum("pgio,pgo->pgi", w64[c], v) + np.einsum("pgij,pgj->pgi", l64[c], z)
+    per_window = (None, None, None, 0, 0, 0)
+    outs = {
+        "gathered": cg.affine_gathered(bias, weight, chol, cls, v, z),
+        "looped": cg.affine_looped(bias, weight, chol, cls, v, z),
+        "vmap": jax.jit(jax.vmap(cg.class_affine, in_axes=per_window))(bias, weight, chol, cls, v, z),
+        "nested vmap": jax.vmap(jax.vmap(cg.class_affine, in_axes=per_window), in_axes=per_window)(
+            bias, weight, chol, cls[None], v[None], z[None])[0],
+        "one noise": jax.vmap(cg.class_affine, in_axes=(None, None, None, 0, 0, None))(
+            bias, weight, chol, cls, v, z[0]),
+        # a vmap over two stacked samplers' tables (the second one doubled) and over windows
+        "stacked tables": jax.vmap(jax.vmap(cg.class_affine, in_axes=per_window), in_axes=(0, 0, 0, None, None, None))(
+            jnp.stack([bias, 2 * bias]), jnp.stack([weight, 2 * weight]), jnp.stack([chol, 2 * chol]), cls, v, z)[0],
+    }
+    for name, out in outs.items():
+        want = ref if name != "one noise" else (
+            b64[c] + np.einsum("pgio,pgo->pgi", w64[c], v) + np.einsum("pgij,gj->pgi", l64[c], z[0]))
+        np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-5, err_msg=name)
