@@ -86,6 +86,7 @@ def test_explain_digits_writes_figure_and_arrays_equal_to_the_api(digit_png, tmp
     assert int(z["target_class"]) == label  # the shipped CNN reads this digit correctly
 
 
+@pytest.mark.slow
 def test_explain_target_by_name_plain_and_file_names(digit_png, tmp_path, capsys):
     path, label = digit_png
     other = (label + 1) % 10
@@ -114,6 +115,7 @@ def test_explain_random_samplers_are_reproducible_by_seed(digit_png, tmp_path, c
     assert not np.allclose(runs["a"], runs["c"])
 
 
+@pytest.mark.slow
 def test_explain_conditional_fitted_and_from_file(digit_png, tmp_path, capsys):
     path, _ = digit_png
     pool = [data.digits("train")[i].image for i in range(40)]
