@@ -10,8 +10,10 @@ Near a border the patch is shifted to stay inside the image, so along each axis 
 offset ``o ∈ {0, …, 2·padding}`` inside its patch (``padding`` in the interior). The pair
 ``(o_y, o_x)`` is the window's *position class*; the regression matrix ``W = Σ₁₂ Σ₂₂⁻¹``, the bias
 ``μ₁ − W μ₂`` and ``chol(Σ₁|₂)`` depend only on it, so they are computed once per class (in float64
-with numpy) when the sampler is built, and sampling inside the engine's jitted step is one gather of
-the class's matrices, a batched matrix–vector product and noise. An image shorter than ``l`` along an
+with numpy) when the sampler is built. Sampling inside the engine's jitted step is then, per window,
+``bias[c] + W[c]·x₂ + L[c]·z`` for its class ``c``: under ``vmap`` a batched matrix–vector product
+(gathered class matrices on accelerators, a loop reading them in place on CPU, where copying them per
+window was 9× slower; see :func:`class_affine`). An image shorter than ``l`` along an
 axis is zero-padded to ``l`` in :meth:`ConditionalGaussian.prepare`; the padded pixels get zero
 weight (their classes are recomputed for that image size, marginalising them out of the Gaussian).
 
