@@ -341,3 +341,51 @@ def test_console_script_and_python_dash_m(digit_png, tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "error:" in r.stderr and "missing.png" in r.stderr
     assert not (tmp_path / "undesirable-jax-out").exists()
+
+
+# ------------------------------------------------------------------------------------------ README
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _blocks(lang: str) -> list[str]:
+    text = README.read_text(encoding="utf-8")
+    parts = text.split(f"```{lang}\n")[1:]
+    return [p.split("```", 1)[0] for p in parts]
+
+
+def test_readme_starts_with_the_default_run_then_the_test_command():
+    bash = _blocks("bash")
+    assert bash[0].strip().endswith("&& undesirable-jax explain")
+    assert ".[imagenet]" in bash[0]
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert bash[1].strip() in ci, "the README's test command and .ci/run must stay the same line"
+
+
+def test_readme_own_model_example_runs_through_the_cli(digit_png, tmp_path, monkeypatch, capsys):
+    """The README's ``mymodel.py`` and its save line, used as documented with ``--model mymodel:load``."""
+    from flax import traverse_util
+
+    src = next(b for b in _blocks("python") if b.startswith("# mymodel.py"))
+    module = f"mymodel_{os.getpid()}"
+    (tmp_path / f"{module}.py").write_text(src)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        mod = __import__(module)
+        variables = mod.Net().init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+        models.save_safetensors(tmp_path / "mynet.safetensors",
+                                {"/".join(k): v for k, v in traverse_util.flatten_dict(variables).items()})
+        code, out, err = run_cli(["explain", digit_png[0], "--model", f"{module}:load", "--weights",
+                                  "mynet.safetensors", "--window", 4, "--stride", 2, "--top-k", 2,
+                                  "--out-dir", tmp_path, "--name", "mine", "--no-progress"], capsys)
+        assert code == 0, err
+        z = np.load(tmp_path / "mine.npz")
+        assert z["evidence"].shape == (3, 32, 32)
+        x = z["image"][None]
+        np.testing.assert_allclose(z["probs"], jax.nn.softmax(mod.Net().apply(variables, x))[0], rtol=1e-5)
+        assert "mynet on digit: top classes" in out
+    finally:
+        sys.modules.pop(module, None)
+        if str(tmp_path) in sys.path:
+            sys.path.remove(str(tmp_path))
