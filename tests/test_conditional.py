@@ -310,6 +310,10 @@ def test_save_load_round_trip_and_mismatch_errors(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="safetensors"):
         cg.load_conditional_gaussian(tmp_path / "junk.safetensors")
+    from safetensors.numpy import save_file
+    save_file({"mean": np.zeros(2, np.float32)}, str(tmp_path / "other.safetensors"), metadata={"format": "x"})
+    with pytest.raises(ValueError, match="not a conditional Gaussian sampler file"):
+        cg.load_conditional_gaussian(tmp_path / "other.safetensors")
     with pytest.raises(ValueError, match="no such file"):
         cg.load_conditional_gaussian(tmp_path / "missing.safetensors")
 
@@ -329,6 +333,8 @@ def test_bad_input_is_rejected_with_clear_errors():
         cg.conditional_gaussian(good, window=4, padding=-1, key=key)
     with pytest.raises(TypeError, match="key"):
         cg.conditional_gaussian(good, window=4, key=0)
+    with pytest.raises(TypeError, match="per_channel"):
+        cg.conditional_gaussian(good, window=4, key=key, per_channel="no")
     with pytest.raises(ValueError, match="ridge"):
         cg.conditional_gaussian(good, window=4, key=key, ridge=-1.0)
     with pytest.raises(ValueError, match="positive definite"):   # constant images, no ridge

@@ -174,6 +174,7 @@ def conditional_gaussian(
     window = _check_int("window", window, 1)
     padding = _check_int("padding", padding, 0)
     num_patches = _check_int("num_patches", num_patches, 2)
+    per_channel = _check_bool("per_channel", per_channel)
     key = _check_key(key)
     for name, val in (("shrinkage", shrinkage), ("ridge", ridge)):
         if not (isinstance(val, (int, float)) and np.isfinite(val) and val >= 0):
@@ -189,7 +190,7 @@ def conditional_gaussian(
             f"images: {h}×{w} images are smaller than the patch side {size} = window {window} + 2·padding "
             f"{padding}; fit on larger images or use a smaller window or padding")
     imgs = jnp.asarray(arr)
-    mean, cov = _patch_moments(imgs, key, size=size, num_patches=num_patches, per_channel=bool(per_channel))
+    mean, cov = _patch_moments(imgs, key, size=size, num_patches=num_patches, per_channel=per_channel)
     lo, hi = jnp.min(imgs, axis=(0, 1, 2)), jnp.max(imgs, axis=(0, 1, 2))
     s = np.asarray(cov, np.float64)
     diag = np.einsum("gii->gi", s)
@@ -220,7 +221,7 @@ def from_moments(
     window = _check_int("window", window, 1)
     padding = _check_int("padding", padding, 0)
     channels = _check_int("channels", channels, 1)
-    per_channel = bool(per_channel)
+    per_channel = _check_bool("per_channel", per_channel)
     size = window + 2 * padding
     groups, dim = (channels, size * size) if per_channel else (1, size * size * channels)
     mean = np.asarray(mean, np.float64)
@@ -380,13 +381,18 @@ def load_conditional_gaussian(path: str | os.PathLike, *, window: int | None = N
     missing = {"mean", "cov", "lo", "hi"} - set(tensors)
     if missing:
         raise ValueError(f"path: {str(path)!r} lacks tensors {sorted(missing)}")
-    stored = {"window": int(meta["window"]), "padding": int(meta["padding"]), "channels": int(meta["channels"])}
+    try:
+        stored = {name: int(meta[name]) for name in ("window", "padding", "channels")}
+        per_channel = json.loads(meta["per_channel"])
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"path: {str(path)!r} has missing or malformed settings in its metadata ({e!r}); "
+                         "save it again with save_conditional_gaussian") from e
     for name, want in (("window", window), ("padding", padding), ("channels", channels)):
         if want is not None and want != stored[name]:
             raise ValueError(f"{name}: the sampler in {str(path)!r} was fitted for {name}={stored[name]}, "
                              f"got {name}={want}; fit a new sampler for {name}={want}")
     return from_moments(tensors["mean"], tensors["cov"], window=stored["window"], padding=stored["padding"],
-                        per_channel=json.loads(meta["per_channel"]), channels=stored["channels"],
+                        per_channel=per_channel, channels=stored["channels"],
                         lo=tensors["lo"], hi=tensors["hi"], preprocessing=meta.get("preprocessing", ""))
 
 
@@ -445,6 +451,12 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name}: must be >= {minimum}, got {value}")
     return int(value)
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
 
 
 def _check_key(key: Any) -> jax.Array:
