@@ -153,13 +153,14 @@ def test_samples_converge_to_the_conditional_gaussian(per_channel):
     for g in range(vec.shape[0]):
         emp_c = np.cov(vec[g], rowvar=False)
         assert rel(emp_c, ref_c[g]) < 0.05
-        size = window + 2 * padding
+        size = window + 2 * padding   # the window sits at patch offset (0, 1): top border, x = 3 → patch column 2
         inner = np.flatnonzero(((np.arange(size)[:, None] >= y) & (np.arange(size)[:, None] < y + window)
                                 & (np.arange(size) >= 1) & (np.arange(size) < 1 + window)).ravel())
         if not per_channel:
             inner = (inner[:, None] * c + np.arange(c)).ravel()
         prior = cov[g][np.ix_(inner, inner)]
         assert rel(prior, ref_c[g]) > 0.2   # the test can tell conditioned from unconditioned
+        assert np.max(np.abs(mean[g, inner] - ref_vec[g]) / se[g]) > 20   # … in the mean too
 
 
 def test_samples_are_clipped_to_the_fitted_range():
