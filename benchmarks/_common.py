@@ -122,30 +122,51 @@ class _CastFn:
                 and self.with_params == other.with_params)
 
 
-def load_model(name: str, size: int, channels: int, num_classes: int, key: jax.Array):
-    """``(classifier, description)`` for ``name``: ``cnn`` (defined here), or a name from
-    ``undesirable_jax.models`` (``digits_cnn``, ``resnet50``, ``efficientnet_lite0`` …) when it exists."""
+def random_resnet(depth: int, key: jax.Array, num_classes: int, size: int) -> dict:
+    """Random ResNet variables (``undesirable_jax.models.resnet.init``) with the final layer scaled so
+    logits on a random image have standard deviation ≤ 1: unscaled, softmax is one-hot and every
+    probability difference is exactly 0, which would make the benchmarks' checks vacuous."""
+    from undesirable_jax.models import resnet as R
+
+    variables = R.init(depth, key, num_classes)
+    probe = np.asarray(R.ResNetApply(depth, num_classes)(
+        variables, jax.random.normal(jax.random.fold_in(key, 1), (2, size, size, 3))))
+    scale = 1.0 / max(1.0, float(probe.std()))
+    fc = {k: v * scale for k, v in variables["params"]["fc"].items()}
+    return {**variables, "params": {**variables["params"], "fc": fc}}
+
+
+def load_model(name: str, size: int, channels: int, num_classes: int, key: jax.Array,
+               dtype: str = "float32"):
+    """``(classifier, description, (H, W, C))`` for ``name`` computing in ``dtype``.
+
+    ``cnn``: the small CNN above at ``size``² × ``channels`` with random weights. ``resnet18/34/50``:
+    ``undesirable_jax.models.resnet`` with random weights at ``size``² × 3 (its own bf16 mode).
+    ``efficientnet_lite0``, ``digits_cnn``, ``lfw_cnn``: ``undesirable_jax.models.load`` (real weights;
+    EfficientNet at ``size``² × 3, the small CNNs at their fixed input shape).
+    """
     import undesirable_jax as uj
 
     if name == "cnn":
         module = small_cnn(num_classes)
         variables = module.init(key, jnp.zeros((1, size, size, channels)))
-        return uj.flax_linen(module, variables), f"small CNN 16-32-64 ({size}²×{channels}, K={num_classes})"
+        clf = cast_classifier(uj.flax_linen(module, variables), dtype)
+        return clf, f"small CNN 16-32-64 ({size}²×{channels}, K={num_classes})", (size, size, channels)
     try:
         from undesirable_jax import models
     except ImportError as e:
-        raise SystemExit(f"--model {name}: undesirable_jax.models is not available yet ({e}); use --model cnn")
-    return models_classifier(models, name, size, channels, num_classes, key)
-
-
-def models_classifier(models, name: str, size: int, channels: int, num_classes: int, key: jax.Array):
-    """Adapter to ``undesirable_jax.models`` (random weights for the big nets)."""
-    if name in ("resnet50", "resnet"):
-        clf = models.resnet.resnet50_classifier(key, num_classes=num_classes, image_size=size) \
-            if hasattr(models.resnet, "resnet50_classifier") else models.load("resnet50", key=key)
-        return clf, f"ResNet-50, random weights ({size}²×3, K={num_classes})"
-    clf = models.load(name)
-    return clf, name
+        raise SystemExit(f"--model {name}: undesirable_jax.models is not available ({e}); use cnn")
+    if name.startswith("resnet"):
+        depth = int(name[len("resnet"):])
+        variables = random_resnet(depth, key, num_classes, size)
+        clf = uj.from_function(models.resnet.ResNetApply(depth, num_classes, dtype), variables)
+        return clf, f"ResNet-{depth}, random weights ({size}²×3, K={num_classes})", (size, size, 3)
+    loaded = models.load(name)
+    shape = tuple(loaded.input_shape)
+    if name == "efficientnet_lite0":
+        shape = (size, size, 3)
+    desc = f"{name} ({shape[0]}²×{shape[2]}, K={loaded.num_classes})"
+    return cast_classifier(loaded.classifier, dtype), desc, shape
 
 
 # ---------------------------------------------------------------- reporting

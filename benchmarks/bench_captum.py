@@ -35,7 +35,8 @@ import numpy as np
 
 import undesirable_jax as uj
 
-from _common import TORCH_HINT, block, load_note, report, small_cnn, table, wall_cpu
+from _common import (TORCH_HINT, block, cast_classifier, load_note, random_resnet, report, small_cnn, table,
+                     wall_cpu)
 
 TARGET = 3.0  # engine ≥ 3× Captum's perturbations/s on CPU (≥ 5× on a GPU)
 
@@ -78,8 +79,83 @@ def torch_small_cnn(torch, variables: Any, widths=(16, 32, 64)):
     return Net().eval()
 
 
+def torch_resnet(torch, variables: Any, depth: int = 50):
+    """A torchvision-layout ResNet in PyTorch (no torchvision needed) carrying the Flax ``variables``
+    of :mod:`undesirable_jax.models.resnet` (names mapped with its torchvision naming)."""
+    from flax import traverse_util
+
+    from undesirable_jax.models import resnet as R
+
+    nn = torch.nn
+    stages, bottleneck = R.DEPTHS[depth]
+
+    class Block(nn.Module):
+        def __init__(self, cin, features, stride):
+            super().__init__()
+            out = features * (4 if bottleneck else 1)
+            if bottleneck:
+                self.conv1 = nn.Conv2d(cin, features, 1, bias=False)
+                self.conv2 = nn.Conv2d(features, features, 3, stride, 1, bias=False)
+                self.conv3 = nn.Conv2d(features, out, 1, bias=False)
+                self.bn3 = nn.BatchNorm2d(out)
+            else:
+                self.conv1 = nn.Conv2d(cin, features, 3, stride, 1, bias=False)
+                self.conv2 = nn.Conv2d(features, features, 3, 1, 1, bias=False)
+            self.bn1, self.bn2 = nn.BatchNorm2d(features), nn.BatchNorm2d(features)
+            self.downsample = (nn.Sequential(nn.Conv2d(cin, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+                               if stride != 1 or cin != out else None)
+
+        def forward(self, x):
+            y = torch.relu(self.bn1(self.conv1(x)))
+            if bottleneck:
+                y = torch.relu(self.bn2(self.conv2(y)))
+                y = self.bn3(self.conv3(y))
+            else:
+                y = self.bn2(self.conv2(y))
+            return torch.relu((x if self.downsample is None else self.downsample(x)) + y)
+
+    class Net(nn.Module):
+        def __init__(self, num_classes):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+            self.bn1 = nn.BatchNorm2d(64)
+            cin = 64
+            for s, blocks in enumerate(stages):
+                layers = []
+                for i in range(blocks):
+                    layers.append(Block(cin, 64 * 2 ** s, 2 if (i == 0 and s > 0) else 1))
+                    cin = 64 * 2 ** s * (4 if bottleneck else 1)
+                setattr(self, f"layer{s + 1}", nn.Sequential(*layers))
+            self.fc = nn.Linear(cin, num_classes)
+
+        def forward(self, x):
+            x = torch.relu(self.bn1(self.conv1(x)))
+            x = torch.nn.functional.max_pool2d(x, 3, 2, 1)
+            for s in range(len(stages)):
+                x = getattr(self, f"layer{s + 1}")(x)
+            return self.fc(x.mean(dim=(2, 3)))
+
+    flat = traverse_util.flatten_dict({k: v for k, v in variables.items()})
+    sd = {}
+    for path, w in flat.items():
+        w = np.asarray(w, np.float32)
+        if path[-1] == "kernel":
+            w = w.transpose(3, 2, 0, 1) if w.ndim == 4 else w.T
+        sd[R._torch_name(path[0], path[1:])] = torch.from_numpy(np.array(w))
+    net = Net(int(np.asarray(variables["params"]["fc"]["bias"]).shape[0]))
+    missing, unexpected = net.load_state_dict(sd, strict=False)
+    if unexpected or any(not m.endswith("num_batches_tracked") for m in missing):
+        raise SystemExit(f"ResNet port: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eps = R.BN_EPS
+    return net.eval()
+
+
 def main(argv: list[str] | None = None) -> list[list[Any]]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="cnn", help="cnn (small CNN) or resnet18/34/50 (random weights)")
+    p.add_argument("--dtype", default="float32", help="float32 or bfloat16 (both frameworks)")
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--channels", type=int, default=3)
     p.add_argument("--classes", type=int, default=10)
@@ -101,51 +177,79 @@ def main(argv: list[str] | None = None) -> list[list[Any]]:
                          f"{args.stride} so Captum and the engine use the same windows")
 
     key = jax.random.key(args.seed)
-    module = small_cnn(args.classes)
-    variables = module.init(key, jnp.zeros((1, args.size, args.size, args.channels)))
-    clf = uj.flax_linen(module, variables)
-    net = torch_small_cnn(torch, variables)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    if args.model == "cnn":
+        module = small_cnn(args.classes)
+        variables = module.init(key, jnp.zeros((1, args.size, args.size, args.channels)))
+        clf32 = uj.flax_linen(module, variables)
+        clf = cast_classifier(clf32, args.dtype)
+        net32 = torch_small_cnn(torch, variables)
+        desc = f"small CNN 16-32-64 ({args.size}²×{args.channels}, K={args.classes})"
+    elif args.model.startswith("resnet"):
+        from undesirable_jax.models import resnet as R
+
+        depth = int(args.model[len("resnet"):])
+        args.channels = 3
+        variables = random_resnet(depth, key, args.classes, args.size)
+        clf32 = uj.from_function(R.ResNetApply(depth, args.classes), variables)
+        clf = uj.from_function(R.ResNetApply(depth, args.classes, args.dtype), variables)
+        net32 = torch_resnet(torch, variables, depth)
+        desc = f"ResNet-{depth}, random weights ({args.size}²×3, K={args.classes})"
+    else:
+        raise SystemExit(f"--model: cnn or resnet18/34/50, got {args.model!r}")
+    import copy
+
+    net32 = net32.to(device=device)
+    net = copy.deepcopy(net32).to(dtype=tdtype)
     image = np.asarray(jax.random.normal(jax.random.fold_in(key, 1), (args.size, args.size, args.channels)))
-    x_t = torch.from_numpy(image.transpose(2, 0, 1)[None].copy())
-
-    # same model?
-    with torch.inference_mode():
-        logits_t = net(x_t).numpy()[0]
-    logits_j = np.asarray(clf(jnp.asarray(image)[None]))[0]
-    model_err = float(np.abs(logits_t - logits_j).max())
-
+    x32 = torch.from_numpy(image.transpose(2, 0, 1)[None].copy()).to(device=device)
+    x_t = x32.to(dtype=tdtype)
     grid = uj.WindowGrid(args.size, args.size, args.window, args.stride)
     n_win = grid.num_windows
     chunk = min(args.chunk, n_win)
     sampler = uj.samplers.constant(0.0)
-    run_engine = lambda: uj.explain(clf, jnp.asarray(image), window=args.window, stride=args.stride,
-                                    sampler=sampler, num_samples=1, key=jax.random.key(0), chunk_size=chunk)
-    ex = block(run_engine())
-    target = int(np.argmax(np.asarray(ex.probs)))
+    explain = lambda c: uj.explain(c, jnp.asarray(image), window=args.window, stride=args.stride,
+                                   sampler=sampler, num_samples=1, key=jax.random.key(0), chunk_size=chunk)
+    run_engine = lambda: explain(clf)
 
-    def forward(x):
-        return torch.softmax(net(x), dim=-1)
-
-    occ = captum_attr.Occlusion(forward)
-
-    def run_captum(ppe: int):
+    def occlusion(model, x, target, ppe):
+        occ = captum_attr.Occlusion(lambda v: torch.softmax(model(v).float(), dim=-1))
         with torch.inference_mode():
-            return occ.attribute(x_t, sliding_window_shapes=(args.channels, args.window, args.window),
-                                 strides=(args.channels, args.stride, args.stride), baselines=0.0,
-                                 target=target, perturbations_per_eval=ppe)
+            out = occ.attribute(x, sliding_window_shapes=(args.channels, args.window, args.window),
+                                strides=(args.channels, args.stride, args.stride), baselines=0.0,
+                                target=target, perturbations_per_eval=ppe)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            return out
 
+    # Correctness, in float32 whatever --dtype (bf16 rounding swamps small probability differences):
+    # same logits, and Captum's attribution = the engine's per-window differences spread to pixels.
+    with torch.inference_mode():
+        logits_t = net32(x32).cpu().numpy()[0]
+    logits_j = np.asarray(clf32(jnp.asarray(image)[None]))[0]
+    model_err = float(np.abs(logits_t - logits_j).max() / max(1.0, np.abs(logits_j).max()))
+    ex = block(explain(clf32))
+    target = int(np.argmax(np.asarray(ex.probs)))
     ppes = sorted({1, chunk}) if args.captum_ppe is None else args.captum_ppe
     ours = np.asarray(grid.to_pixels(ex.probs[target] - ex.window_probs[target]))
     attr_err = 0.0
     for ppe in ppes:
-        cap = run_captum(ppe).numpy()[0].transpose(1, 2, 0)          # [H, W, C], same for every channel
+        cap = occlusion(net32, x32, target, ppe).cpu().numpy()[0].transpose(1, 2, 0)  # [H, W, C]
         attr_err = max(attr_err, float(np.abs(cap - ours[..., None]).max()))
     attr_scale = float(np.abs(ours).max())
     ok = model_err <= 1e-4 and attr_err <= 1e-5 + 1e-4 * attr_scale
+    block(run_engine())
+
+    def forward(x):
+        return torch.softmax(net(x).float(), dim=-1)
+
+    def run_captum(ppe: int):
+        return occlusion(net, x_t, target, ppe)
 
     f = jax.jit(lambda c, b: c.probs(b))
     batch_j = jax.random.normal(jax.random.fold_in(key, 2), (chunk, args.size, args.size, args.channels))
-    batch_t = torch.from_numpy(np.asarray(batch_j).transpose(0, 3, 1, 2).copy())
+    batch_t = torch.from_numpy(np.asarray(batch_j).transpose(0, 3, 1, 2).copy()).to(device=device, dtype=tdtype)
     n_batches = -(-n_win // chunk)
     block(f(clf, batch_j))
 
@@ -153,6 +257,8 @@ def main(argv: list[str] | None = None) -> list[list[Any]]:
         with torch.inference_mode():
             for _ in range(n_batches):
                 out = forward(batch_t)
+            if device == "cuda":
+                torch.cuda.synchronize()
         return None
 
     names = [f"captum{ppe}" for ppe in ppes] + ["engine", "raw_jax", "raw_torch"]
@@ -170,8 +276,8 @@ def main(argv: list[str] | None = None) -> list[list[Any]]:
         speed = rate["engine"] / rate[f"captum{ppe}"]
         verdict = (f"≥{TARGET:g}×: wall {'met' if speed[0] >= TARGET else 'MISSED'}, "
                    f"CPU {'met' if speed[1] >= TARGET else 'MISSED'}")
-        rows.append([f"small CNN 16-32-64 ({args.size}²×{args.channels}, K={args.classes})", chunk, ppe, n_win,
-                     f"logits Δ {model_err:.1e}; attribution Δ {attr_err:.1e} (max abs {attr_scale:.2g}) "
+        rows.append([f"{desc} {args.dtype}", chunk, ppe, n_win,
+                     f"f32: rel. logits Δ {model_err:.1e}; attribution Δ {attr_err:.1e} (max abs {attr_scale:.2g}) "
                      f"{'ok' if ok else 'FAIL'}",
                      rate["raw_torch"][0], rate[f"captum{ppe}"][0], rate["raw_jax"][0], rate["engine"][0],
                      rate[f"captum{ppe}"][0] / rate["raw_torch"][0], speed[0], speed[1], verdict])
@@ -182,7 +288,7 @@ def main(argv: list[str] | None = None) -> list[list[Any]]:
     title = (f"bench_captum: engine vs Captum Occlusion ({args.size}², window {args.window}, stride "
              f"{args.stride}, constant 0, S=1, one target for Captum, all {args.classes} classes for the engine)")
     notes = (f"Best of {args.rounds} interleaved rounds ({load_note()} at the end); torch threads "
-             f"{torch.get_num_threads()}. Captum's attribution per pixel = mean over covering windows of "
+             f"{torch.get_num_threads()}, torch device {device}. Captum's attribution per pixel = mean over covering windows of "
              "p_t(x) − p_t(x with window = 0), compared with `grid.to_pixels(probs[t] − window_probs[t])`.")
     report(title, table(headers, rows), append=not args.no_append, extra_versions=("torch", "captum"),
            notes=notes)

@@ -38,7 +38,7 @@ import numpy as np
 import undesirable_jax as uj
 from undesirable_jax import engine as E
 
-from _common import PDA_PASSES, block, cast_classifier, load_model, load_note, report, table, wall_cpu
+from _common import PDA_PASSES, block, load_model, load_note, report, table, wall_cpu
 
 TARGET = {"constant": 0.9, "marginal": 0.9, "blur": 0.9, "conditional": 0.8}
 
@@ -198,26 +198,24 @@ def verdict(ratio: np.ndarray, target: float) -> str:
 
 def bench_one(args, model: str, dtype: str, sampler_name: str) -> list[Any]:
     key = jax.random.key(args.seed)
-    clf, desc = load_model(model, args.size, args.channels, args.classes, key)
-    clf = cast_classifier(clf, dtype)
-    image = jax.random.normal(jax.random.fold_in(key, 1), (args.size, args.size, args.channels))
+    clf, desc, shape = load_model(model, args.size, args.channels, args.classes, key, dtype)
+    image = jax.random.normal(jax.random.fold_in(key, 1), shape)
     sampler = make_sampler(sampler_name, image, jax.random.fold_in(key, 2), args.window)
-    grid = uj.WindowGrid(args.size, args.size, args.window, args.stride)
+    grid = uj.WindowGrid(shape[0], shape[1], args.window, args.stride)
     pairs = grid.num_windows * args.samples
     chunk = min(args.chunk, pairs)
     n_chunks = -(-pairs // chunk)
 
-    err = check_engine(clf, image, sampler, args.window, max(args.stride, args.window), args.samples, chunk)
+    err = check_engine(clf, image, sampler, args.window, args.stride, args.samples, chunk)  # compiles the step
     tol = 1e-5 if dtype == "float32" else 1e-2
     ok = err <= tol
 
     f = raw_fn(clf)
-    batch = jax.random.normal(jax.random.fold_in(key, 3), (chunk, args.size, args.size, args.channels))
+    batch = jax.random.normal(jax.random.fold_in(key, 3), (chunk, *shape))
     explain = functools.partial(uj.explain, clf, image, window=args.window, stride=args.stride,
                                 sampler=sampler, num_samples=args.samples, key=jax.random.key(0),
                                 chunk_size=chunk)
     block(f(clf, batch))
-    block(explain())  # compile
     t_raw, t_eng = np.full(2, np.inf), np.full(2, np.inf)
     for _ in range(args.rounds):
         t_raw = np.minimum(t_raw, time_raw(f, clf, batch, n_chunks) * pairs / (n_chunks * chunk))
@@ -232,17 +230,16 @@ def bench_one(args, model: str, dtype: str, sampler_name: str) -> list[Any]:
 def profile_one(args, model: str, dtype: str, sampler_name: str) -> list[list[Any]]:
     """Time engine variants against the raw classifier, each checked against the engine's result."""
     key = jax.random.key(args.seed)
-    clf, desc = load_model(model, args.size, args.channels, args.classes, key)
-    clf = cast_classifier(clf, dtype)
-    image = jax.random.normal(jax.random.fold_in(key, 1), (args.size, args.size, args.channels))
+    clf, desc, shape = load_model(model, args.size, args.channels, args.classes, key, dtype)
+    image = jax.random.normal(jax.random.fold_in(key, 1), shape)
     sampler = make_sampler(sampler_name, image, jax.random.fold_in(key, 2), args.window)
-    grid = uj.WindowGrid(args.size, args.size, args.window, args.stride)
+    grid = uj.WindowGrid(shape[0], shape[1], args.window, args.stride)
     pairs = grid.num_windows * args.samples
     chunk = min(args.chunk, pairs)
     chunk -= chunk % args.samples or 0
     n_chunks = -(-pairs // chunk)
     f = raw_fn(clf)
-    batch = jax.random.normal(jax.random.fold_in(key, 3), (chunk, args.size, args.size, args.channels))
+    batch = jax.random.normal(jax.random.fold_in(key, 3), (chunk, *shape))
     ref = uj.explain(clf, image, window=args.window, stride=args.stride, sampler=sampler,
                      num_samples=args.samples, key=jax.random.key(0), chunk_size=chunk)
     ref_wp = np.asarray(ref.window_probs.reshape(ref.window_probs.shape[0], -1).T)
@@ -307,7 +304,7 @@ def main(argv: list[str] | None = None) -> list[list[Any]]:
     headers = ["model", "dtype", "sampler", "chunk", "pairs timed", "check vs hand-built",
                "raw img/s", "engine img/s", "ratio (wall)", "ratio (CPU time)", "target",
                "PDA-default s/image"]
-    title = (f"bench_engine: engine vs raw classifier ({args.size}², window {args.window}, "
+    title = (f"bench_engine: engine vs raw classifier (window {args.window}, "
              f"stride {args.stride}, S={args.samples})")
     notes = ("raw = jitted classifier (softmax included) on a batch of the chunk size, back-to-back calls; "
              "engine = second `explain` call (compile excluded), perturbed images/s; best of "
@@ -320,7 +317,7 @@ def main(argv: list[str] | None = None) -> list[list[Any]]:
                 for r in profile_one(args, m, d, s)]
         ph = ["model", "dtype", "sampler", "chunk", "variant", "max |Δ window_probs| vs engine",
               "img/s (wall)", "÷ raw (wall)", "÷ raw (CPU time)"]
-        report(f"bench_engine --profile: engine-step variants ({args.size}², window {args.window}, "
+        report(f"bench_engine --profile: engine-step variants (window {args.window}, "
                f"S={args.samples})", table(ph, prow), append=not args.no_append,
                notes="Variants are written in benchmarks/bench_engine.py, not in the engine; same "
                      "chunk loop, same keys. ÷ raw uses the same interleaved best-of timing "

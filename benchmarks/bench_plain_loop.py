@@ -33,7 +33,7 @@ import numpy as np
 
 import undesirable_jax as uj
 
-from _common import block, cast_classifier, load_model, load_note, report, table, wall_cpu
+from _common import block, load_model, load_note, report, table, wall_cpu
 
 TARGET_COND = 10.0      # engine ≥ 10× the loop with the conditional sampler
 TARGET_RAW = 0.95       # constant / marginal: engine ≥ 0.95× the raw classifier
@@ -138,7 +138,11 @@ def smooth_images(key: jax.Array, n: int, size: int, channels: int) -> np.ndarra
 
 
 def corr(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])
+    """Pearson correlation of two maps (1 when both are constant and equal, 0 when one is constant)."""
+    a, b = np.ravel(a), np.ravel(b)
+    if a.std() == 0 or b.std() == 0:
+        return 1.0 if np.allclose(a, b) else 0.0
+    return float(np.corrcoef(a, b)[0, 1])
 
 
 def main(argv: list[str] | None = None) -> list[list[Any]]:
@@ -162,8 +166,8 @@ def main(argv: list[str] | None = None) -> list[list[Any]]:
     args = p.parse_args(argv)
 
     key = jax.random.key(args.seed)
-    clf, desc = load_model(args.model, args.size, args.channels, args.classes, key)
-    clf = cast_classifier(clf, args.dtype)
+    clf, desc, shape = load_model(args.model, args.size, args.channels, args.classes, key, args.dtype)
+    args.size, args.channels = shape[0], shape[2]
     f = jax.jit(lambda c, b: c.probs(b))
     imgs = smooth_images(jax.random.fold_in(key, 1), 17, args.size, args.channels)
     image, pool = imgs[0], imgs[1:]
