@@ -247,3 +247,34 @@ def test_merge_refuses_results_made_under_another_configuration(reference, tmp_p
         (tmp_path / "results" / p.name).write_text(json.dumps(rec))
     with pytest.raises(ValueError, match=r"1 ids computed under another configuration.*img/2"):
         ev.merge(tmp_path, ids)
+
+
+@pytest.mark.slow
+def test_runner_on_mock_imagenet_from_tfds(tmp_path):
+    """The ImageNet path (a prepared tfds directory) with tfds' mock data and a 1000-class analytic model."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from PIL import Image
+
+    from undesirable_jax.data import tfds_source
+
+    (tmp_path / "tfds" / "imagenet2012" / "5.1.0").mkdir(parents=True)
+    (tmp_path / "tfds" / "imagenet2012" / "5.1.0" / "dataset_info.json").write_text("{}")
+    w = jnp.asarray(np.random.default_rng(0).normal(size=(3 * 4 * 4, 1000)).astype(np.float32))
+
+    def thousand(x):   # 16×16 RGB → 4×4 block means → 1000 logits
+        blocks = x.reshape(x.shape[0], 4, 4, 4, 4, 3).mean((2, 4))
+        return blocks.reshape(x.shape[0], -1) @ w
+
+    def prep(raw):
+        return np.asarray(Image.fromarray(raw).resize((16, 16), Image.BILINEAR), np.float32) / 255.0
+
+    config = dataclasses.replace(CONFIG, dataset="tfds:imagenet2012:validation", methods=("pda", "random"))
+    with tfds.testing.mock_data(num_examples=3, policy=tfds.testing.MockPolicy.USE_CODE):
+        ds = tfds_source("imagenet2012", "validation", data_dir=tmp_path / "tfds")
+        assert len(ds.class_names) == 1000
+        ids = ev.run(tmp_path / "out", ds, thousand, config, uj.samplers.constant(0.5), preprocess=prep,
+                     progress=False)
+    res = results_by_id(tmp_path / "out")
+    assert sorted(res) == sorted(ids) and len(ids) == 3
+    assert all(0 <= r["label"] < 1000 and 0 <= r["competitor"] < 1000 for r in res.values())
+    assert (tmp_path / "out" / "summary.csv").exists()

@@ -139,7 +139,6 @@ def _evaluate(clf: Classifier, images, maps, targets, competitors, labels, fills
               curve_steps: int, laplace_n: float, batch_size: int) -> MapMetrics:
     n, h, w, _ = images.shape
     m = maps.undesirable.shape[1]
-    s = fills.shape[1]
     rows = jnp.arange(n)
     base = clf.probs(images)
     num_classes = base.shape[-1]
