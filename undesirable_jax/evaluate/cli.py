@@ -4,9 +4,10 @@ Examples (nothing is downloaded; the data must be on disk)::
 
     # ImageNet validation from a prepared tfds directory (array_record format)
     python -m undesirable_jax.evaluate --model efficientnet_lite0 --tfds imagenet2012 --split validation \\
-        --data-dir ~/tensorflow_datasets --out runs/lite0 --window 16 --stride 8 --samples 4 --sampler blur
+        --data-dir ~/tensorflow_datasets --out runs/lite0 --window 16 --stride 8 --samples 1 --sampler blur
     # a folder of images, one sub-folder per class (ImageNet synset folders sort into class order)
-    python -m undesirable_jax.evaluate --model resnet50 --weights resnet50.pth --image-folder val/ --out runs/r50
+    python -m undesirable_jax.evaluate --model resnet50 --weights resnet50.pth --image-folder val/ \\
+        --out runs/r50 --window 10 --stride 5 --samples 4 --sampler marginal --pool 16
 
 Re-running the same command resumes; ``--process-index/--process-count`` split the images over
 processes (then run once more with ``--merge-only`` to check completeness and write the summary).
