@@ -278,3 +278,34 @@ def test_runner_on_mock_imagenet_from_tfds(tmp_path):
     assert sorted(res) == sorted(ids) and len(ids) == 3
     assert all(0 <= r["label"] < 1000 and 0 <= r["competitor"] < 1000 for r in res.values())
     assert (tmp_path / "out" / "summary.csv").exists()
+
+
+class Indexed:
+    """Random-access set with ``ids`` that counts how many images it loads."""
+
+    def __init__(self, examples):
+        self.examples, self.loads = examples, []
+        self.ids = tuple(e.id for e in examples)
+
+    def __len__(self):
+        return len(self.examples)
+
+    def __getitem__(self, i):
+        self.loads.append(i)
+        return self.examples[i]
+
+
+def test_random_access_sets_load_only_this_process_unfinished_images(reference, tmp_path):
+    ref_out, _ = reference
+    ds = Indexed(toy_images(6))
+    ids = ev.run(tmp_path, ds, toy, CONFIG, SAMPLER, process_index=1, process_count=2, progress=False)
+    assert ids == list(ds.ids) and ds.loads == [1, 3, 5]
+    ds.loads.clear()
+    ev.run(tmp_path, ds, toy, CONFIG, SAMPLER, process_index=0, process_count=2, progress=False)
+    ev.run(tmp_path, ds, toy, CONFIG, SAMPLER, progress=False)          # all finished: loads nothing
+    assert ds.loads == [0, 2, 4]
+    assert results_by_id(tmp_path) == results_by_id(ref_out)
+    bad = Indexed(toy_images(3))
+    bad.ids = ("img/0", "img/0", "img/2")
+    with pytest.raises(ValueError, match="unique"):
+        ev.run(tmp_path / "bad", bad, toy, CONFIG, SAMPLER, progress=False)

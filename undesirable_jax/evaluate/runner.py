@@ -263,32 +263,57 @@ def run(out_dir: str | Path, dataset: Iterable[Any], classifier: Any, config: Ev
     check_config(out_dir, record)
     digest = config_digest(record)
 
+    known = _known_ids(dataset)
     total = len(dataset) if hasattr(dataset, "__len__") else None
     share = None if total is None else len(range(process_index, total, process_count))
-    ids, seen = [], set()
     bar = tqdm(total=share, unit="img", desc=f"evaluate[{process_index}/{process_count}]", disable=not progress)
-    try:
-        for index, ex in enumerate(dataset):
-            image_id = ex.id
-            if image_id in seen:
-                raise ValueError(f"dataset: image id {image_id!r} occurs twice; ids must be unique")
-            seen.add(image_id)
-            ids.append(image_id)
-            if index % process_count != process_index:
-                continue
-            path = result_path(out_dir, image_id)
-            if path.exists():
-                bar.update(1)
-                continue
+
+    def work(index: int, image_id: str, example: Callable[[], Any]) -> None:
+        path = result_path(out_dir, image_id)
+        if not path.exists():
+            ex = example()
+            if ex.id != image_id:
+                raise ValueError(f"dataset: example {index} has id {ex.id!r} but dataset.ids says {image_id!r}")
             image = ex.image if preprocess is None else preprocess(ex.image)
             rec = evaluate_image(clf, image, int(ex.label), config, sampler, image_key(config.seed, image_id),
                                  chunk_size=chunk_size, batch_size=batch_size)
             io.write_json(path, {"id": image_id, "index": index, "config_sha256": digest, **rec})
-            bar.update(1)
+        bar.update(1)
+
+    try:
+        if known is not None:      # random access: load only this process's unfinished images
+            ids = known
+            for index in range(process_index, len(ids), process_count):
+                work(index, ids[index], lambda i=index: dataset[i])
+        else:                      # a plain iterable: every process walks it to learn all ids
+            ids, seen = [], set()
+            for index, ex in enumerate(dataset):
+                if ex.id in seen:
+                    raise ValueError(f"dataset: image id {ex.id!r} occurs twice; ids must be unique")
+                seen.add(ex.id)
+                ids.append(ex.id)
+                if index % process_count == process_index:
+                    work(index, ex.id, lambda e=ex: e)
     finally:
         bar.close()
     if summarize and process_count == 1:
         merge(out_dir, ids)
+    return ids
+
+
+def _known_ids(dataset: Any) -> list[str] | None:
+    """``dataset.ids`` when the set has them and random access (``__getitem__``), else None."""
+    ids = getattr(dataset, "ids", None)
+    if ids is None or not hasattr(dataset, "__getitem__"):
+        return None
+    ids = [str(i) for i in ids]
+    if len(ids) != len(dataset):
+        raise ValueError(f"dataset: has {len(dataset)} examples but {len(ids)} ids")
+    if len(set(ids)) != len(ids):
+        counts: dict[str, int] = {}
+        for i in ids:
+            counts[i] = counts.get(i, 0) + 1
+        raise ValueError(f"dataset: image ids must be unique, repeated: {sorted(i for i, n in counts.items() if n > 1)[:5]}")
     return ids
 
 
