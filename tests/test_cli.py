@@ -312,6 +312,32 @@ def test_evaluate_digits_writes_results_summary_and_resumes(tmp_path, capsys):
     assert_one_line_error(code, err, "window")
 
 
+def test_evaluate_split_over_two_processes_then_resume_merges(tmp_path, capsys):
+    out = tmp_path / "split"
+    argv = ["evaluate", "--dataset", "digits", "--model", "digits_cnn", "--limit", 2, "--window", 4, "--stride", 4,
+            "--sampler", "constant", "--methods", "pda", "random", "--thresholds", 25, "--out", out, "--no-progress"]
+    code, stdout, err = run_cli(argv + ["--process-index", 0, "--process-count", 2], capsys)
+    assert code == 0, err
+    assert "merge" in stdout and not (out / "summary.md").exists()
+    code, _, err = run_cli(argv + ["--process-index", 1, "--process-count", 2, "--resume"], capsys)
+    assert code == 0, err
+    assert len(list((out / "results").glob("*.json"))) == 2
+    code, stdout, err = run_cli(argv + ["--resume"], capsys)   # one process: nothing left to do, then merge
+    assert code == 0, err
+    assert (out / "summary.md").is_file() and "summary:" in stdout
+
+
+def test_explain_mesh_local_equals_default_device(digit_png, tmp_path, capsys):
+    path, _ = digit_png
+    base = ["explain", path, "--model", "digits_cnn", "--window", 2, "--stride", 2, "--sampler", "constant",
+            "--chunk-size", 8, "--out-dir", tmp_path, "--no-progress"]
+    for name, mesh in (("one", "none"), ("all", "local")):
+        code, _, err = run_cli(base + ["--mesh", mesh, "--name", name], capsys)
+        assert code == 0, err
+    np.testing.assert_allclose(np.load(tmp_path / "all.npz")["evidence"], np.load(tmp_path / "one.npz")["evidence"],
+                               rtol=1e-5, atol=1e-6)
+
+
 # ------------------------------------------------------------------------------------------ benchmark
 
 
