@@ -5,7 +5,7 @@ U_t (PDA) against every baseline.
 
 The images (``data.SAMPLE_IMAGES``: chelsea, coffee, astronaut, rocket, china, flower, grace_hopper) carry
 no ImageNet label, so the target t of each is the model's own top-1 class: every image counts as
-"correct" and the correction rate is n/a. PDA: window 16, stride 8 on 224², blur sampler (σ = 10 px,
+"correct" and the correction rate is n/a. PDA: window 16, stride 16 on 224², blur sampler (σ = 10 px,
 deterministic, so one sample); removal in the metrics uses the same blur. Occlusion: the same windows
 filled with 0 (mid-grey after the model's normalisation), one sample. Settings are kept small so the
 run takes minutes on 2 CPU cores; a full PDA (window 10, stride 1, conditional sampler) is a GPU job.
@@ -31,10 +31,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="/tmp/uj_eval_natural")
     p.add_argument("--window", type=int, default=16)
-    p.add_argument("--stride", type=int, default=8)
+    p.add_argument("--stride", type=int, default=16)
     p.add_argument("--sigma", type=float, default=10.0)
     p.add_argument("--samples", type=int, default=1)
-    p.add_argument("--rise-masks", type=int, default=300)
+    p.add_argument("--rise-masks", type=int, default=200)
+    p.add_argument("--curve-steps", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-append", action="store_true")
     args = p.parse_args()
@@ -50,9 +51,10 @@ def main() -> None:
     images = [data.Example(id=name, image=raw, label=int(t)) for (name, raw), t in zip(raws.items(), top1)]
     config = ev.EvalConfig(model="efficientnet_lite0", window=args.window, stride=args.stride,
                            num_samples=args.samples, seed=args.seed, rise_masks=args.rise_masks,
-                           dataset="sample images (target = top-1 prediction)")
+                           curve_steps=args.curve_steps, dataset="sample images (target = top-1 prediction)")
     t0, c0 = time.perf_counter(), time.process_time()
-    ev.run(args.out, images, model.classifier, config, samplers.blur(args.sigma), preprocess=prep, batch_size=32)
+    ev.run(args.out, images, model.classifier, config, samplers.blur(args.sigma), preprocess=prep, batch_size=32,
+           chunk_size=196)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     body = (Path(args.out) / "summary.md").read_text()
     names = ", ".join(f"{e.id} → {model.class_names[e.label]}" for e in images)
