@@ -354,6 +354,21 @@ def test_benchmark_digits_checks_and_reports(tmp_path, capsys):
     assert "engine img/s" in out and "(ok)" in out
 
 
+def test_benchmark_check_catches_an_engine_that_disagrees(monkeypatch):
+    """The correctness check compares against hand-built images; an engine using other keys fails it."""
+    from undesirable_jax import benchmark
+
+    model = models.load("digits_cnn")
+    image = model.preprocess(data.digits("test")[0].image).image
+    pool = np.stack([model.preprocess(data.digits("train")[i].image).image for i in range(8)])
+    sampler = uj.samplers.marginal(pool)
+    kw = dict(window=4, stride=4, num_samples=3, key=jax.random.key(0))
+    assert benchmark.check_engine(model.classifier, image, sampler, **kw) < 1e-5
+    real = benchmark.explain
+    monkeypatch.setattr(benchmark, "explain", lambda *a, **k: real(*a, **{**k, "key": jax.random.key(7)}))
+    assert benchmark.check_engine(model.classifier, image, sampler, **kw) > 1e-3
+
+
 # ------------------------------------------------------------------------------------------ processes
 
 
