@@ -3,7 +3,7 @@
 Kang, Jung & Lee (2019) on top of Prediction Difference Analysis (Zintgraf et al. 2017).
 """
 
-from . import classifiers, evidence, samplers, visualize, windows
+from . import classifiers, data, evidence, models, samplers, visualize, windows
 from .classifiers import Classifier, flax_linen, flax_nnx, from_function, probabilities
 from .engine import Explanation, explain
 from .factors import Factors, factors
@@ -12,7 +12,7 @@ from .windows import WindowGrid
 __version__ = "0.1.0"
 
 __all__ = [
-    "Classifier", "Explanation", "Factors", "WindowGrid", "classifiers", "evidence", "explain",
-    "factors", "flax_linen", "flax_nnx", "from_function", "probabilities", "samplers", "visualize",
+    "Classifier", "Explanation", "Factors", "WindowGrid", "classifiers", "data", "evidence", "explain",
+    "factors", "flax_linen", "flax_nnx", "from_function", "models", "probabilities", "samplers", "visualize",
     "windows", "__version__",
 ]
