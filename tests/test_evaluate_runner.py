@@ -208,34 +208,6 @@ def test_config_validation():
         ev.run("unused", [], toy, CONFIG, SAMPLER, process_index=2, process_count=2)
 
 
-@pytest.mark.slow
-def test_one_command_run_on_an_image_folder_with_a_shipped_model(tmp_path, capsys):
-    """The CLI path a user takes for ImageNet (folder of class sub-folders), here with 8×8 digits."""
-    from PIL import Image
-
-    from undesirable_jax.data import digits
-    from undesirable_jax.evaluate import cli
-
-    test = digits("test")
-    for digit in range(4):
-        ex = test[int(np.flatnonzero(test.labels == digit)[0])]
-        (tmp_path / "data" / str(digit)).mkdir(parents=True)
-        Image.fromarray(ex.image).save(tmp_path / "data" / str(digit) / f"{digit}.png")
-    # Class folders 0..3 sort into the digits' own class order, so folder labels are digit labels.
-    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["0", "1", "2", "3"]
-    argv = ["--model", "digits_cnn", "--image-folder", str(tmp_path / "data"), "--out", str(tmp_path / "out"),
-            "--window", "2", "--stride", "2", "--samples", "2", "--sampler", "marginal", "--pool", "3",
-            "--methods", "pda,occlusion,random", "--percents", "5,20", "--rise-masks", "8", "--no-progress"]
-    assert cli.main(argv) == 0
-    assert "| pda |" in capsys.readouterr().out
-    res = results_by_id(tmp_path / "out")
-    assert sorted(res) == ["0/0.png", "1/1.png", "2/2.png", "3/3.png"]
-    assert all(r["label"] == int(r["id"][0]) for r in res.values())
-    assert cli.main(argv) == 0                      # the same command again: resumes, nothing to do
-    with pytest.raises(ValueError, match="window"):
-        cli.main([a if a != "2" else "4" for a in argv[:10]] + argv[10:])
-
-
 def test_merge_refuses_results_made_under_another_configuration(reference, tmp_path):
     ref_out, ids = reference
     (tmp_path / "results").mkdir()
