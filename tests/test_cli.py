@@ -286,7 +286,7 @@ def test_evaluate_digits_writes_results_summary_and_resumes(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["evaluate", "--dataset", "digits", "--model", "digits_cnn", "--limit", 3, "--window", 4, "--stride", 2,
             "--sampler", "constant", "--methods", "pda", "occlusion", "random", "--thresholds", 10, 50,
-            "--out", out, "--no-progress"]
+            "--plain", "--occlusion-value", 0.5, "--out", out, "--no-progress"]
     code, stdout, err = run_cli(argv, capsys)
     assert code == 0, err
     results = sorted((out / "results").glob("*.json"))
@@ -296,6 +296,7 @@ def test_evaluate_digits_writes_results_summary_and_resumes(tmp_path, capsys):
     assert all(set(r["methods"]) == {"pda", "occlusion", "random"} and r["percents"] == [10.0, 50.0] for r in recs)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["window"] == 4 and cfg["model"] == "digits_cnn" and cfg["dataset"] == "digits:test[:3]"
+    assert cfg["decouple"] is False and cfg["occlusion_value"] == 0.5 and cfg["percents"] == [10.0, 50.0]
     summary = (out / "summary.md").read_text()
     assert "Our metric, after Kang et al." in summary and "| pda |" in summary
     assert (out / "removal_gain.png").is_file()

@@ -34,12 +34,22 @@ class UsageError(ValueError):
     """Bad command-line input: reported as one ``error:`` line, exit code 2."""
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: …)`` unless the help already says what the default is, or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is False or action.default == argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
+
+
 # ------------------------------------------------------------------------------------------ parsing
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with its three subcommands (every option has a help text)."""
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _HelpFormatter
     p = argparse.ArgumentParser(
         prog="undesirable-jax", formatter_class=fmt,
         description="Undesirable pixels (Kang, Jung & Lee 2019) on Prediction Difference Analysis, in JAX. "
@@ -74,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="target class t: an id or a class name (e.g. 'tabby'); default: the top-1 prediction")
     e.add_argument("--top-k", type=int, default=3, help="competitors c shown with their U_c maps")
     e.add_argument("--plain", action="store_true",
-                   help="plain PDA U_c = max(0, R_c) instead of the decoupled competitors' evidence (METHOD.md §3)")
+                   help="plain PDA U_c = max(0, R_c) instead of the decoupled competitors' evidence on q(c) = p(c)/(1 - p(t))")
     e.add_argument("--chunk-size", type=int, default=None,
                    help="perturbed images per jitted step (memory grows with it); default: the engine's (256)")
     e.add_argument("--laplace-n", type=float, default=100_000, help="N of the Laplace correction (training-set size)")
@@ -91,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", formatter_class=fmt, help="our metric (after Kang et al.) over a data set, resumable",
         description="Evaluate undesirable maps against baselines over a labelled data set with our metric, "
                     "after Kang et al. (removal gain, correction rate, non-target suppression, deletion/insertion; "
-                    "METHOD.md §4). One result file per image under OUT/results; rerunning with --resume skips "
+                    "the README's Evaluation results). One result file per image under OUT/results; rerunning with --resume skips "
                     "finished images; OUT/summary.md, summary.csv and removal_gain.png at the end.")
     v.add_argument("--dataset", required=True,
                    help="digits | lfw (offline, built in) | folder:PATH (PATH/<class>/<images>) | tfds:NAME "
@@ -113,7 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images for the marginal pool / conditional fit: the train split of digits/lfw, else the "
                         "first images of the evaluated set")
     v.add_argument("--top-k", type=int, default=3, help="competitors kept in the factors")
+    v.add_argument("--plain", action="store_true", help="plain PDA U_c = max(0, R_c) instead of the decoupled U_c")
     v.add_argument("--rise-masks", type=int, default=500, help="masks of the RISE baseline")
+    v.add_argument("--occlusion-value", type=float, default=0.0, help="fill of the occlusion baseline (model-input units)")
+    v.add_argument("--removal-samples", type=int, default=1,
+                   help="sampler fills averaged per removal in the metrics (the removal uses the PDA sampler)")
+    v.add_argument("--batch-size", type=int, default=64, help="images per classifier call in the metrics and RISE")
     v.add_argument("--seed", type=int, default=0, help="run seed (each image's key is derived from it and its id)")
     v.add_argument("--out", type=Path, required=True, help="output folder")
     v.add_argument("--resume", action="store_true",
@@ -450,7 +465,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     from .evaluate import DEFAULT_PERCENTS, METHODS, EvalConfig, run
 
-    for name in ("limit", "pool_size", "top_k", "rise_masks", "chunk_size"):
+    for name in ("limit", "pool_size", "top_k", "rise_masks", "chunk_size", "removal_samples", "batch_size"):
         _positive("--" + name.replace("_", "-"), getattr(args, name))
     out = Path(args.out)
     if (out / "config.json").exists() and not args.resume:
@@ -475,10 +490,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
                         seed=args.seed, dataset=f"{args.dataset}:{args.split}" + (f"[:{args.limit}]" if args.limit else ""),
                         methods=tuple(args.methods) if args.methods else METHODS,
                         percents=tuple(args.thresholds) if args.thresholds else DEFAULT_PERCENTS,
-                        top_k=args.top_k, rise_masks=args.rise_masks)
+                        top_k=args.top_k, rise_masks=args.rise_masks, decouple=not args.plain,
+                        occlusion_value=args.occlusion_value, removal_samples=args.removal_samples)
     t0 = time.perf_counter()
     run(out, subset, model.classifier, config, sampler, preprocess=prep, process_index=args.process_index,
-        process_count=args.process_count, chunk_size=args.chunk_size, progress=not args.no_progress)
+        process_count=args.process_count, chunk_size=args.chunk_size, batch_size=args.batch_size,
+        progress=not args.no_progress)
     done = len(list((out / "results").glob("*.json")))
     print(f"evaluated {config.dataset} with {model.name}: {done} result files in {out / 'results'} "
           f"({time.perf_counter() - t0:.1f} s)")
