@@ -218,7 +218,7 @@ def _flat_axis_index(mesh: Mesh) -> jnp.ndarray:
 
 def _check_mesh(mesh: Mesh | str | None) -> Mesh:
     if mesh is None:
-        return Mesh(np.asarray(jax.devices()[:1]), ("devices",))
+        return Mesh(np.asarray(jax.local_devices()[:1]), ("devices",))
     if isinstance(mesh, str):
         if mesh != "local":
             raise ValueError(f'mesh: expected None, "local" or a jax.sharding.Mesh, got {mesh!r}')

@@ -1,0 +1,78 @@
+"""Two processes joined by jax.distributed on localhost (CPU collectives) evaluate a small data set."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+WORKER = str(Path(__file__).with_name("dist_worker.py"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(out, seeds, env_extra=None):
+    """Start one worker per seed (process i gets seeds[i]); return their (returncode, output)."""
+    port, count = free_port(), len(seeds)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **(env_extra or {}))
+    env.pop("XLA_FLAGS", None)
+    procs = [subprocess.Popen([sys.executable, WORKER, str(out), str(seed), str(count), str(i), str(port)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i, seed in enumerate(seeds)]
+    results = []
+    for p in procs:
+        try:
+            stdout, _ = p.communicate(timeout=400)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            stdout, _ = p.communicate()
+        results.append((p.returncode, stdout))
+    return results
+
+
+def results(out):
+    return {p.name: json.loads(p.read_text()) for p in sorted((Path(out) / "results").glob("*.json"))}
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(tmp_path):
+    single = launch(tmp_path / "one", [0])
+    assert single[0][0] == 0, single[0][1][-3000:]
+    double = launch(tmp_path / "two", [0, 0])
+    for code, out in double:
+        assert code == 0, out[-3000:]
+    assert "MERGED" in double[0][1] and "DONE" in double[1][1]
+    one, two = results(tmp_path / "one"), results(tmp_path / "two")
+    assert len(one) == 6 and one == two
+    assert (tmp_path / "two" / "summary.csv").read_text() == (tmp_path / "one" / "summary.csv").read_text()
+
+
+@pytest.mark.slow
+def test_mismatched_configuration_is_refused(tmp_path):
+    runs = launch(tmp_path, [0, 1])
+    for code, out in runs:
+        assert code != 0
+        assert "different configuration" in out, out[-3000:]
+    assert not (tmp_path / "results").exists() or not list((tmp_path / "results").glob("*.json"))
+
+
+@pytest.mark.slow
+def test_dead_process_keeps_finished_results_and_resume_completes(tmp_path):
+    runs = launch(tmp_path, [0, 0], env_extra={"UJ_TEST_DIE_AFTER": "1"})
+    assert runs[1][0] == 3                      # the injected crash after one image
+    assert runs[0][0] != 0                      # the survivor does not pretend the run is complete
+    done = results(tmp_path)
+    assert len(done) == 4                       # process 0's three images and process 1's first
+    rerun = launch(tmp_path, [0, 0])
+    for code, out in rerun:
+        assert code == 0, out[-3000:]
+    final = results(tmp_path)
+    assert len(final) == 6
+    assert all(final[name] == rec for name, rec in done.items())
