@@ -228,3 +228,12 @@ def test_one_compile_across_images_and_weights():
         uj.explain(clf, img, window=2, stride=1, sampler=samplers.constant(0.0), num_samples=2,
                    key=jax.random.key(0), chunk_size=5)
     assert engine._step._cache_size() - before == 1
+
+
+def test_non_target_distribution_stays_a_probability_when_target_rounds_to_one():
+    p_t = jnp.float32(1.0)           # a confident target rounded to 1 in float32
+    p_c = jnp.float32(3e-8)
+    q = uj.evidence.non_target_distribution(p_c, p_t)
+    assert 0.0 <= float(q) <= 1.0
+    assert np.isfinite(float(uj.evidence.log_odds(uj.evidence.laplace(q, 100_000, 9))))
+    np.testing.assert_allclose(float(uj.evidence.non_target_distribution(jnp.float32(0.1), jnp.float32(0.6))), 0.25, rtol=1e-6)

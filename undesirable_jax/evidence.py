@@ -36,4 +36,6 @@ def non_target_distribution(p: jnp.ndarray, p_target: jnp.ndarray) -> jnp.ndarra
     broadcast against ``p``; the tiny floor keeps a target with p = 1 finite (q is then undefined and
     the Laplace correction takes it to the uniform 1/(K−1)).
     """
-    return p / jnp.maximum(1.0 - p_target, jnp.finfo(jnp.float32).tiny)
+    q = p / jnp.maximum(1.0 - p_target, jnp.finfo(jnp.float32).tiny)
+    # p(c) <= 1 − p(t) holds exactly, but not after float32 rounding when p(t) ≈ 1: keep q a probability.
+    return jnp.clip(q, 0.0, 1.0)
