@@ -118,12 +118,16 @@ class ImageFolder(_Sequence):
     def __len__(self) -> int:
         return len(self.paths)
 
+    @property
+    def ids(self) -> tuple[str, ...]:
+        """Each image's path below ``root``, known without decoding (runners skip finished ones)."""
+        return tuple(p.relative_to(self.root).as_posix() for p in self.paths)
+
     def __getitem__(self, index: int) -> Example:
         from .images import load_image
 
         i = self._check_index(index)
-        return Example(id=self.paths[i].relative_to(self.root).as_posix(), image=load_image(self.paths[i]),
-                       label=self.labels[i])
+        return Example(id=self.ids[i], image=load_image(self.paths[i]), label=self.labels[i])
 
 
 def image_folder(root: str | os.PathLike) -> ImageFolder:
