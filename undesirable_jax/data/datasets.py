@@ -108,20 +108,19 @@ def lfw(split: str = "test") -> ArraySet:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class ImageFolder(_Sequence):
-    """Images under ``root/<class>/``; read with Pillow as RGB ``uint8`` when accessed."""
+    """Images under ``root/<class>/``; read with Pillow as RGB ``uint8`` when accessed.
+
+    ``ids`` (each path below ``root``) are known without decoding, so runners skip finished images.
+    """
 
     root: Path
     paths: tuple[Path, ...]
     labels: tuple[int, ...]
     class_names: tuple[str, ...]
+    ids: tuple[str, ...]
 
     def __len__(self) -> int:
         return len(self.paths)
-
-    @property
-    def ids(self) -> tuple[str, ...]:
-        """Each image's path below ``root``, known without decoding (runners skip finished ones)."""
-        return tuple(p.relative_to(self.root).as_posix() for p in self.paths)
 
     def __getitem__(self, index: int) -> Example:
         from .images import load_image
@@ -145,7 +144,8 @@ def image_folder(root: str | os.PathLike) -> ImageFolder:
     if not paths:
         raise ValueError(f"root: no images ({', '.join(IMAGE_SUFFIXES)}) in class sub-folders of {str(root)!r}; "
                          f"expected root/<class name>/<image files>")
-    return ImageFolder(root=root, paths=tuple(paths), labels=tuple(labels), class_names=tuple(classes))
+    return ImageFolder(root=root, paths=tuple(paths), labels=tuple(labels), class_names=tuple(classes),
+                       ids=tuple(p.relative_to(root).as_posix() for p in paths))
 
 
 # ------------------------------------------------------------------------ tensorflow-datasets
