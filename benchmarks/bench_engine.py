@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> list[list[Any]]:
     if args.profile:
         prow = [r for m in args.models for d in args.dtypes for s in args.samplers
                 for r in profile_one(args, m, d, s)]
-        ph = ["model", "dtype", "sampler", "chunk", "variant", "max |Δ window_probs| vs engine",
+        ph = ["model", "dtype", "sampler", "chunk", "variant", "max abs Δ window_probs vs engine",
               "img/s (wall)", "÷ raw (wall)", "÷ raw (CPU time)"]
         report(f"bench_engine --profile: engine-step variants (window {args.window}, "
                f"S={args.samples})", table(ph, prow), append=not args.no_append,
