@@ -373,16 +373,21 @@ def test_benchmark_check_catches_an_engine_that_disagrees(monkeypatch):
 # ------------------------------------------------------------------------------------------ processes
 
 
-def test_console_script_and_python_dash_m(digit_png, tmp_path):
+def test_console_script_and_python_dash_m(digit_png, tmp_path, monkeypatch, capsys):
+    import runpy
+
     script = VENV_BIN / "undesirable-jax"
     assert script.is_file(), "the console script is installed with the package (pip install -e .)"
-    r = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and uj.__version__ in r.stdout
-    r = subprocess.run([sys.executable, "-m", "undesirable_jax", "explain", str(tmp_path / "missing.png"),
-                        "--model", "digits_cnn"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    r = subprocess.run([str(script), "explain", str(tmp_path / "missing.png"), "--model", "digits_cnn"],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "error:" in r.stderr and "missing.png" in r.stderr
     assert not (tmp_path / "undesirable-jax-out").exists()
+    # python -m undesirable_jax runs the same main (in-process here: one JAX start is enough)
+    monkeypatch.setattr(sys, "argv", ["undesirable_jax", "--version"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_module("undesirable_jax", run_name="__main__")
+    assert e.value.code == 0 and uj.__version__ in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------------------ README
