@@ -4,7 +4,7 @@
     undesirable-jax explain photo.jpg --window 16 --stride 8 --sampler conditional
     undesirable-jax explain 0.png --model mypkg.models:load --weights my.safetensors
     undesirable-jax evaluate --dataset digits --model digits_cnn --limit 50 --out runs/digits
-    undesirable-jax benchmark --model digits_cnn
+    undesirable-jax benchmark --model lfw_cnn
 
 Bad input (a missing file, an unknown model, a window larger than the image, …) ends with a one-line
 ``error:`` message and exit code 2; ``--traceback`` shows the full Python traceback instead.
@@ -145,11 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "batches of the chunk size (compile excluded, best of interleaved rounds), after a correctness "
                     "check of the engine against hand-built perturbed images. Also projects the seconds for one "
                     "image at the original PDA defaults (224², window 10, stride 1, S = 10).")
-    _add_model_args(b, default="digits_cnn")
+    _add_model_args(b, default="lfw_cnn")
     b.add_argument("--image", default=DEFAULT_IMAGE, help="image file or offline sample name (preprocessed for the model)")
     b.add_argument("--window", type=int, default=4, help="window side in model-input pixels")
     b.add_argument("--stride", type=int, default=1, help="stride")
-    b.add_argument("--samples", type=int, default=32,
+    b.add_argument("--samples", type=int, default=8,
                    help="samples per window (throughput only: enough pairs that per-call overhead does not dominate)")
     _add_sampler_args(b)
     b.add_argument("--chunk-size", type=int, default=256, help="pairs per engine step = raw batch size")
