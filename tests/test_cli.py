@@ -87,6 +87,29 @@ def test_explain_digits_writes_figure_and_arrays_equal_to_the_api(digit_png, tmp
 
 
 @pytest.mark.slow
+def test_embedded_default_is_efficientnet_on_chelsea_and_fast(tmp_path, monkeypatch, capsys):
+    """`undesirable-jax explain` with no arguments: the real ImageNet model, the offline cat, < 2 minutes."""
+    import time
+
+    monkeypatch.chdir(tmp_path)
+    t0 = time.perf_counter()
+    code, out, err = run_cli(["explain", "--no-progress"], capsys)
+    seconds = time.perf_counter() - t0
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "efficientnet_lite0 on chelsea: top classes"
+    assert lines[1].startswith("  1. tiger cat (class 282): p = ")
+    assert {ln.split(" (class")[0].split(". ", 1)[1] for ln in lines[1:4]} == {
+        "tiger cat", "Egyptian cat", "tabby, tabby cat"}
+    png = tmp_path / "undesirable-jax-out" / "chelsea-efficientnet_lite0.png"
+    with Image.open(png) as im:
+        assert im.size[0] > 1000
+    z = np.load(png.with_suffix(".npz"))
+    assert z["evidence"].shape == (1000, 224, 224) and int(z["window"]) == 32 and int(z["stride"]) == 16
+    assert seconds < 120, f"the embedded default took {seconds:.0f} s"
+
+
+@pytest.mark.slow
 def test_explain_target_by_name_plain_and_file_names(digit_png, tmp_path, capsys):
     path, label = digit_png
     other = (label + 1) % 10
