@@ -47,6 +47,11 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     assert not errors
     # Every code cell ran (no skipped cells) and the notebook drew at least one figure.
     code_cells = [c for c in nb.cells if c.cell_type == "code"]
+    install = [c for c in code_cells if "pip" in c.source and "find_spec" in c.source]
+    assert install, "a Colab install cell (skipped when the package is installed)"
+    for c in install:  # installed here: the cell must not reach pip (no network in CI)
+        text = "".join(o.get("text", "") for o in c.get("outputs", []))
+        assert "nothing to do" in text, text
     assert all(c.get("execution_count") for c in code_cells)
     assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
                for c in code_cells for o in c.get("outputs", []))
