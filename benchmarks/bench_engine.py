@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
 import undesirable_jax as uj
 from undesirable_jax import engine as E
@@ -138,6 +139,35 @@ def perturb_where(sampler, state, image, key, ys, xs, pairs, *, window, num_samp
     else:  # general sampler: patches placed into a zero image, then merged
         return E.perturb(sampler, state, image, key, ys, xs, pairs, window=window, num_samples=num_samples)
     return jnp.where(mask, fill, image[None])
+
+
+@struct.dataclass
+class InteriorConditional:
+    """Profiling bound, not a sampler to use: the conditional sampler with every window using the
+    interior position class's matrices (wrong near borders), i.e. a shared-matrix batched matmul
+    instead of per-pair gathers of ``weight``/``chol``. Shows what a per-chunk interior fast path
+    (``lax.cond`` on "all windows of this chunk are interior") could gain at most."""
+
+    base: Any
+
+    def prepare(self, image, window):
+        return self.base.prepare(image, window)
+
+    def fill(self, state, image, window, key, y, x, sample):
+        b = self.base
+        size, pad, c = b.size, b.padding, b.channels
+        src = state.source
+        py = jnp.clip(y - pad, 0, src.shape[0] - size)
+        px = jnp.clip(x - pad, 0, src.shape[1] - size)
+        cls = pad * (2 * pad + 1) + pad                      # static: no per-pair gather
+        zero = jnp.zeros((), jnp.int32)
+        patch = jax.lax.dynamic_slice(src, (py, px, zero), (size, size, c)).reshape(size * size, c)
+        obs = patch[state.obs_index[cls]]
+        v = obs.T if b.per_channel else obs.reshape(1, -1)
+        mean = state.bias[cls] + jnp.einsum("gio,go->gi", state.weight[cls], v)
+        draw = mean + jnp.einsum("gij,gj->gi", state.chol[cls], jax.random.normal(key, mean.shape, mean.dtype))
+        block_ = draw.T.reshape(window, window, c) if b.per_channel else draw.reshape(window, window, c)
+        return jnp.clip(block_, b.lo, b.hi).astype(image.dtype)
 
 
 def make_step(perturb_fn: Callable, acc_mode: str, per_dispatch: int):
@@ -259,6 +289,10 @@ def profile_one(args, model: str, dtype: str, sampler_name: str) -> list[list[An
         "where + reshape-sum + 4/dispatch": functools.partial(
             run_variant, make_step(perturb_where, "slice", 4), *common, 4),
     }
+    if type(sampler).__name__ == "ConditionalGaussian":
+        variants["conditional: interior matrices only (bound; wrong at borders)"] = functools.partial(
+            run_variant, make_step(E.perturb, "scatter", 1), clf, InteriorConditional(sampler), image,
+            args.window, args.stride, args.samples, chunk, 1)
     errs = {}
     for name, fn in variants.items():
         out = block(fn())
