@@ -371,7 +371,8 @@ def test_benchmark_digits_checks_and_reports(tmp_path, capsys):
                               "--chunk-size", 16, "--rounds", 1, "--json", js, "--no-progress"], capsys)
     assert code == 0, err
     rec = json.loads(js.read_text())
-    assert rec["pairs"] == 9 * 4 and rec["chunk"] == 16  # 3×3 windows on 8×8, S = 4
+    # 3×3 windows on 8×8, S = 4: 36 pairs in at most 16 a step -> 3 balanced steps of 12
+    assert rec["pairs"] == 9 * 4 and rec["chunk"] == 12
     assert rec["check_error"] < 1e-5
     assert rec["engine_rate"] > 0 and rec["raw_rate"] > 0
     assert abs(rec["ratio_wall"] - rec["raw_wall"] / rec["engine_wall"]) < 1e-9

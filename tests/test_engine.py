@@ -237,3 +237,17 @@ def test_non_target_distribution_stays_a_probability_when_target_rounds_to_one()
     assert 0.0 <= float(q) <= 1.0
     assert np.isfinite(float(uj.evidence.log_odds(uj.evidence.laplace(q, 100_000, 9))))
     np.testing.assert_allclose(float(uj.evidence.non_target_distribution(jnp.float32(0.1), jnp.float32(0.6))), 0.25, rtol=1e-6)
+
+
+def test_plan_chunk_balances_steps_and_respects_devices():
+    from undesirable_jax.engine import plan_chunk
+
+    assert plan_chunk(32, 196, 1) == 28          # 7 steps of 28 instead of 6×32 + a 4-pair step
+    assert plan_chunk(None, 196, 1) == 196
+    assert plan_chunk(None, 462_250, 1) == 256   # full-size steps when there is plenty of work
+    assert plan_chunk(20, 48, 4) == 16           # a multiple of the device count, no larger than asked
+    for total in range(1, 60):
+        for limit in (1, 4, 7, 16):
+            chunk = plan_chunk(limit, total, 1)
+            steps = -(-total // chunk)
+            assert chunk <= limit and steps == -(-total // limit) and steps * chunk - total < steps

@@ -91,8 +91,9 @@ def explain(
       sampler: what fills a removed window (``undesirable_jax.samplers``).
       num_samples: S, samples averaged per window.
       key: ``jax.random.key``; the same key gives the same result.
-      chunk_size: (window, sample) pairs per step, over all devices; None picks 256 per device
-        (fewer when the image has fewer pairs). Memory grows with it, not with the window count.
+      chunk_size: at most this many (window, sample) pairs per step, over all devices (None: 256
+        per device); the steps are balanced so the last one is not mostly padding. Memory grows
+        with it, not with the window count.
       classes: class ids whose rows to keep (default: all K).
       laplace_n: N of the Laplace correction (training-set size).
       mesh: devices to spread each chunk over: None (the default device), ``"local"`` (all local
@@ -120,7 +121,7 @@ def explain(
 
     mesh = _check_mesh(mesh)
     total = grid.num_windows * num_samples
-    chunk = _chunk(chunk_size, total, mesh.size)
+    chunk = plan_chunk(chunk_size, total, mesh.size)
     state = sampler.prepare(img, window)
     ys, xs = jnp.asarray(grid.ys), jnp.asarray(grid.xs)
     acc, bad = _zeros(mesh, grid.num_windows, int(rows.shape[0]))
@@ -228,16 +229,19 @@ def _check_mesh(mesh: Mesh | str | None) -> Mesh:
     return mesh
 
 
-def _chunk(chunk_size: int | None, total: int, devices: int) -> int:
-    """Pairs per step: a multiple of the device count, no larger than needed for ``total`` pairs."""
+def plan_chunk(chunk_size: int | None, total: int, devices: int) -> int:
+    """Pairs per step: at most ``chunk_size`` (default 256 a device), a multiple of the device count,
+    and balanced so the steps needed for ``total`` pairs carry the least padding."""
     if chunk_size is None:
-        per_device = -(-min(total, DEFAULT_CHUNK * devices) // devices)
-        return per_device * devices
-    chunk = _check_positive_int("chunk_size", chunk_size)
-    if chunk % devices:
-        raise ValueError(f"chunk_size={chunk} does not split over {devices} devices: pick a multiple of "
-                         f"{devices} (e.g. {devices * max(1, round(chunk / devices))})")
-    return min(chunk, -(-total // devices) * devices)
+        limit = DEFAULT_CHUNK * devices
+    else:
+        limit = _check_positive_int("chunk_size", chunk_size)
+        if limit % devices:
+            raise ValueError(f"chunk_size={limit} does not split over {devices} devices: pick a multiple of "
+                             f"{devices} (e.g. {devices * max(1, round(limit / devices))})")
+    steps = -(-total // limit)
+    per_step = -(-total // steps)
+    return -(-per_step // devices) * devices
 
 
 def _check_image(image: Any) -> jnp.ndarray:
