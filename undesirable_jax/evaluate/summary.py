@@ -82,7 +82,7 @@ def _cell(row: dict) -> str:
 def to_markdown(rows: Sequence[dict], config: dict, num_images: int, num_wrong: int) -> str:
     """Tables: one per q-metric (methods × q) and one for the curve areas."""
     methods, percents = config["methods"], config["percents"]
-    out = [f"Our metric, after Kang et al. (METHOD.md §4). {num_images} images ({num_wrong} misclassified) of "
+    out = [f"Our metric, after Kang et al. (docs/METHOD.md §4). {num_images} images ({num_wrong} misclassified) of "
            f"`{config.get('dataset') or 'unnamed data set'}`; model `{config['model']}`, "
            f"sampler `{config['sampler']}`, window {config['window']}, "
            f"stride {config['stride']}, {config['num_samples']} samples, seed {config['seed']}. "
