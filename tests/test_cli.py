@@ -343,12 +343,25 @@ def test_evaluate_split_over_two_processes_then_resume_merges(tmp_path, capsys):
     code, stdout, err = run_cli(argv + ["--process-index", 0, "--process-count", 2], capsys)
     assert code == 0, err
     assert "merge" in stdout and not (out / "summary.md").exists()
+    code, _, err = run_cli(argv + ["--merge-only"], capsys)    # process 1 has not run: merge names what is missing
+    assert code == 2 and "missing" in err and "digits/5" in err
     code, _, err = run_cli(argv + ["--process-index", 1, "--process-count", 2, "--resume"], capsys)
     assert code == 0, err
     assert len(list((out / "results").glob("*.json"))) == 2
+    code, stdout, err = run_cli(argv + ["--merge-only"], capsys)
+    assert code == 0, err
+    assert (out / "summary.md").is_file() and "merged 2 results" in stdout
     code, stdout, err = run_cli(argv + ["--resume"], capsys)   # one process: nothing left to do, then merge
     assert code == 0, err
     assert (out / "summary.md").is_file() and "summary:" in stdout
+
+
+def test_evaluate_distributed_flags_need_distributed(tmp_path, capsys):
+    argv = ["evaluate", "--dataset", "digits", "--window", 4, "--stride", 4, "--out", tmp_path, "--no-progress"]
+    code, _, err = run_cli(argv + ["--num-processes", 2], capsys)
+    assert code == 2 and "need --distributed" in err
+    code, _, err = run_cli(argv + ["--distributed", "--process-count", 2], capsys)
+    assert code == 2 and "drop --process-index/--process-count" in err
 
 
 def test_explain_mesh_local_equals_default_device(digit_png, tmp_path, capsys):

@@ -41,14 +41,30 @@ def results(out):
     return {p.name: json.loads(p.read_text()) for p in sorted((Path(out) / "results").glob("*.json"))}
 
 
+def launch_cli(out, count):
+    """The README's multi-host command, once per process, on localhost."""
+    port = free_port()
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    argv = [sys.executable, "-m", "undesirable_jax", "evaluate", "--dataset", "digits", "--limit", "6",
+            "--model", "digits_cnn", "--window", "2", "--stride", "2", "--sampler", "constant",
+            "--methods", "pda", "occlusion", "random", "--thresholds", "10", "20", "--out", str(out),
+            "--no-progress"]
+    if count > 1:
+        argv += ["--distributed", "--coordinator-address", f"127.0.0.1:{port}", "--num-processes", str(count)]
+    procs = [subprocess.Popen(argv + (["--process-id", str(i)] if count > 1 else []), env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(count)]
+    return [(p.wait(timeout=400), p.stdout.read()) for p in procs]
+
+
 @pytest.mark.slow
 def test_two_processes_equal_one(tmp_path):
-    single = launch(tmp_path / "one", [0])
+    single = launch_cli(tmp_path / "one", 1)
     assert single[0][0] == 0, single[0][1][-3000:]
-    double = launch(tmp_path / "two", [0, 0])
+    double = launch_cli(tmp_path / "two", 2)
     for code, out in double:
         assert code == 0, out[-3000:]
-    assert "MERGED" in double[0][1] and "DONE" in double[1][1]
+    assert "summary:" in double[0][1] and "summary:" not in double[1][1]   # process 0 merged
     one, two = results(tmp_path / "one"), results(tmp_path / "two")
     assert len(one) == 6 and one == two
     assert (tmp_path / "two" / "summary.csv").read_text() == (tmp_path / "one" / "summary.csv").read_text()

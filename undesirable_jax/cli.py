@@ -134,7 +134,20 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--resume", action="store_true",
                    help="continue a run in OUT (its stored settings must match); without it an existing run is refused")
     v.add_argument("--process-index", type=int, default=0, help="this process's share: images with index %% count == index")
-    v.add_argument("--process-count", type=int, default=1, help="processes sharing the run (merge when all are done)")
+    v.add_argument("--process-count", type=int, default=1,
+                   help="processes sharing the run, started by hand (then --merge-only once all are done)")
+    v.add_argument("--merge-only", action="store_true",
+                   help="evaluate nothing: check that OUT has one result per image and write the summary")
+    v.add_argument("--distributed", action="store_true",
+                   help="join a jax.distributed run: every process runs the same command, takes its share by "
+                        "jax.process_index(), and process 0 merges at the end")
+    v.add_argument("--coordinator-address", default=None,
+                   help="with --distributed: HOST:PORT of process 0 (default: $JAX_COORDINATOR_ADDRESS or the "
+                        "cluster's own detection: SLURM, Open MPI, Cloud TPU)")
+    v.add_argument("--num-processes", type=int, default=None,
+                   help="with --distributed: number of processes (default: $JAX_NUM_PROCESSES or detected)")
+    v.add_argument("--process-id", type=int, default=None,
+                   help="with --distributed: this process's id (default: $JAX_PROCESS_ID or detected)")
     v.add_argument("--chunk-size", type=int, default=None, help="engine chunk size")
     _add_common(v)
     v.set_defaults(run=run_evaluate)
@@ -429,13 +442,21 @@ def run_explain(args: argparse.Namespace) -> int:
 
 
 class _Subset:
-    """The first ``limit`` examples of a data set (len + iteration, as the runner needs)."""
+    """The first ``limit`` examples of a data set: len, iteration, and, where the set knows its ids
+    without decoding, ``ids`` and indexing (so each process loads only its own unfinished images)."""
 
     def __init__(self, dataset: Any, limit: int | None):
         self.dataset, self.n = dataset, len(dataset) if limit is None else min(limit, len(dataset))
+        if getattr(dataset, "ids", None) is not None:
+            self.ids = tuple(dataset.ids[:self.n])
 
     def __len__(self) -> int:
         return self.n
+
+    def __getitem__(self, index: int) -> Any:
+        if not 0 <= index < self.n:
+            raise IndexError(f"index {index} outside the first {self.n} images")
+        return self.dataset[index]
 
     def __iter__(self):
         for i in range(self.n):
@@ -463,17 +484,33 @@ def run_evaluate(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
 
-    from .evaluate import DEFAULT_PERCENTS, METHODS, EvalConfig, run
+    from . import distributed
+    from .evaluate import DEFAULT_PERCENTS, METHODS, EvalConfig, merge, run
 
     for name in ("limit", "pool_size", "top_k", "rise_masks", "chunk_size", "removal_samples", "batch_size"):
         _positive("--" + name.replace("_", "-"), getattr(args, name))
+    if args.distributed and (args.process_index, args.process_count) != (0, 1):
+        raise UsageError("--distributed: the process index and count come from jax.distributed; "
+                         "drop --process-index/--process-count")
+    if not args.distributed and any(v is not None for v in (args.coordinator_address, args.num_processes,
+                                                              args.process_id)):
+        raise UsageError("--coordinator-address/--num-processes/--process-id need --distributed")
+    if args.distributed:  # before any other JAX work
+        proc = distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
     out = Path(args.out)
-    if (out / "config.json").exists() and not args.resume:
-        raise UsageError(f"--out: {str(out)!r} already holds a run; pass --resume to continue it or pick a new folder")
     dataset, pool_set = load_dataset(args.dataset, args.split, args.data_dir)
     subset = _Subset(dataset, args.limit)
     if len(subset) == 0:
         raise UsageError(f"--dataset: {args.dataset!r} split {args.split!r} has no images")
+    if args.merge_only:
+        ids = list(subset.ids) if hasattr(subset, "ids") else [ex.id for ex in subset]
+        paths = merge(out, ids)
+        print(f"merged {len(ids)} results in {out / 'results'}: " + ", ".join(str(p) for p in paths.values()))
+        return 0
+    if (out / "config.json").exists() and not args.resume:
+        raise UsageError(f"--out: {str(out)!r} already holds a run; pass --resume to continue it or pick a new folder")
+    if args.distributed:  # every process has looked for an earlier run before any writes config.json
+        distributed.barrier("undesirable_jax.cli.evaluate.checked")
     model = load_model(args.model, args.weights)
     _check_window(args.window, args.stride, model.input_shape)
     num_samples = _num_samples(args)
@@ -493,17 +530,22 @@ def run_evaluate(args: argparse.Namespace) -> int:
                         top_k=args.top_k, rise_masks=args.rise_masks, decouple=not args.plain,
                         occlusion_value=args.occlusion_value, removal_samples=args.removal_samples)
     t0 = time.perf_counter()
-    run(out, subset, model.classifier, config, sampler, preprocess=prep, process_index=args.process_index,
-        process_count=args.process_count, chunk_size=args.chunk_size, batch_size=args.batch_size,
-        progress=not args.no_progress)
+    common = dict(preprocess=prep, chunk_size=args.chunk_size, batch_size=args.batch_size,
+                  progress=not args.no_progress)
+    if args.distributed:
+        distributed.run_evaluation(out, subset, model.classifier, config, sampler, **common)
+        merged = proc.index == 0
+    else:
+        run(out, subset, model.classifier, config, sampler, process_index=args.process_index,
+            process_count=args.process_count, **common)
+        merged = args.process_count == 1
     done = len(list((out / "results").glob("*.json")))
     print(f"evaluated {config.dataset} with {model.name}: {done} result files in {out / 'results'} "
           f"({time.perf_counter() - t0:.1f} s)")
-    if args.process_count == 1:
+    if merged:
         print(f"summary: {out / 'summary.md'}, {out / 'summary.csv'}, {out / 'removal_gain.png'}")
-    else:
-        print("several processes: once all have finished, merge with "
-              "undesirable_jax.evaluate.merge(out, ids) (or rerun with --process-count 1 --resume)")
+    elif not args.distributed:
+        print("several processes: once all have finished, run the same command with --merge-only")
     return 0
 
 
