@@ -40,6 +40,16 @@ SCRIPT = textwrap.dedent("""
     single = uj.explain(clf, img, chunk_size=8, window=3, stride=2, sampler=samplers.constant(0.0),
                         num_samples=1, key=jax.random.key(0))
     out["2x2"] = float(jnp.max(jnp.abs(two_axes.evidence - single.evidence)))
+    from undesirable_jax.evaluate import EvalConfig, evaluate_image
+    cfg = EvalConfig(model="linear", window=3, stride=2, num_samples=2, methods=("pda", "occlusion"),
+                     percents=(10.0,), curve_steps=2)
+    kw = dict(config=cfg, sampler=samplers.marginal(pool), key=jax.random.key(5), chunk_size=8)
+    r1 = evaluate_image(clf, img, 1, **kw)
+    r4 = evaluate_image(clf, img, 1, mesh="local", **kw)
+    flat = lambda r: np.concatenate([np.ravel(np.asarray(v, float)) for _, v in sorted(
+        jax.tree_util.tree_flatten_with_path(r)[0], key=lambda kv: str(kv[0])) if np.asarray(v).dtype.kind in "fi"])
+    out["evaluate"] = float(np.max(np.abs(flat(r1) - flat(r4))))
+    out["evaluate_numbers"] = int(flat(r1).size)
     print("RESULT" + json.dumps(out))
 """)
 
@@ -56,3 +66,4 @@ def test_four_devices_equal_one():
     assert len([k for k in out if "/" in k]) == 8
     assert out["error"] is not None and "chunk_size=6" in out["error"] and "4 devices" in out["error"]
     assert out["2x2"] < 1e-5
+    assert out["evaluate_numbers"] > 10 and out["evaluate"] < 1e-5  # the evaluation runner's per-image record, 4 devices against 1

@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--process-id", type=int, default=None,
                    help="with --distributed: this process's id (default: $JAX_PROCESS_ID or detected)")
     v.add_argument("--chunk-size", type=int, default=None, help="engine chunk size")
+    v.add_argument("--mesh", choices=("none", "local"), default="none",
+                   help="devices for each image's windows: none = the default device, local = all local devices "
+                        "(results unchanged)")
     _add_common(v)
     v.set_defaults(run=run_evaluate)
 
@@ -531,7 +534,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                         occlusion_value=args.occlusion_value, removal_samples=args.removal_samples)
     t0 = time.perf_counter()
     common = dict(preprocess=prep, chunk_size=args.chunk_size, batch_size=args.batch_size,
-                  progress=not args.no_progress)
+                  progress=not args.no_progress, mesh=None if args.mesh == "none" else "local")
     if args.distributed:
         distributed.run_evaluation(out, subset, model.classifier, config, sampler, **common)
         merged = proc.index == 0

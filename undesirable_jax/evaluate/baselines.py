@@ -47,11 +47,11 @@ def random_maps(key: jax.Array, height: int, width: int) -> MethodMaps:
 
 def occlusion(classifier: Any, image: Any, classes: Sequence[int], *, window: int, stride: int,
               value: float | Sequence[float] = 0.0, chunk_size: int | None = None,
-              laplace_n: float = 100_000) -> jnp.ndarray:
+              laplace_n: float = 100_000, mesh: Any = None) -> jnp.ndarray:
     """Occlusion in weight of evidence: ``[len(classes), H, W]`` (PDA, constant ``value``, one sample)."""
     expl = explain(classifier, image, window=window, stride=stride, sampler=constant(value),
                    num_samples=1, key=jax.random.key(0), chunk_size=chunk_size, classes=list(classes),
-                   laplace_n=laplace_n)
+                   laplace_n=laplace_n, mesh=mesh)
     return expl.evidence
 
 

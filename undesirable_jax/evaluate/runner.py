@@ -159,7 +159,8 @@ def image_key(seed: int, image_id: str) -> jax.Array:
 
 
 def evaluate_image(classifier: Any, image: Any, label: int, config: EvalConfig, sampler: Sampler,
-                   key: jax.Array, *, chunk_size: int | None = None, batch_size: int = 64) -> dict:
+                   key: jax.Array, *, chunk_size: int | None = None, batch_size: int = 64,
+                   mesh: Any = None) -> dict:
     """Every method's maps and metrics for one preprocessed image ``[H, W, C]``: a JSON-ready dict.
 
     The target t is the true ``label``; the competitor c is the most probable other class (ties: the
@@ -188,7 +189,7 @@ def evaluate_image(classifier: Any, image: Any, label: int, config: EvalConfig, 
         if name == "pda":
             expl = explain(clf, img, window=config.window, stride=config.stride, sampler=sampler,
                            num_samples=config.num_samples, key=keys["pda"], chunk_size=chunk_size,
-                           classes=None, laplace_n=config.laplace_n)  # all rows: factors' stable q
+                           classes=None, laplace_n=config.laplace_n, mesh=mesh)  # all rows: factors' stable q
             f = factors(expl, target=t, top_k=top_k, decouple=config.decouple)
             nt = np.asarray(f.non_target_classes)
             if nt[0] != c:
@@ -198,7 +199,7 @@ def evaluate_image(classifier: Any, image: Any, label: int, config: EvalConfig, 
         elif name == "occlusion":
             r = baselines.occlusion(clf, img, [t, c], window=config.window, stride=config.stride,
                                     value=config.occlusion_value, chunk_size=chunk_size,
-                                    laplace_n=config.laplace_n)
+                                    laplace_n=config.laplace_n, mesh=mesh)
             maps[name] = baselines.signed_maps(r[0], r[1])
         elif name == "rise":
             r = baselines.rise(clf, img, fills[0], [t, c], keys["rise"], num_masks=config.rise_masks,
@@ -233,7 +234,7 @@ def evaluate_image(classifier: Any, image: Any, label: int, config: EvalConfig, 
 
 def run(out_dir: str | Path, dataset: Iterable[Any], classifier: Any, config: EvalConfig, sampler: Sampler, *,
         preprocess: Callable[[np.ndarray], Any] | None = None, process_index: int = 0,
-        process_count: int = 1, chunk_size: int | None = None, batch_size: int = 64,
+        process_count: int = 1, chunk_size: int | None = None, batch_size: int = 64, mesh: Any = None,
         progress: bool = True, summarize: bool = True) -> list[str]:
     """Evaluate every image of ``dataset`` (this process's share), resuming where a run stopped.
 
@@ -245,6 +246,8 @@ def run(out_dir: str | Path, dataset: Iterable[Any], classifier: Any, config: Ev
       preprocess: raw image → model input ``[H, W, C]`` (None: the image is already a model input).
       process_index, process_count: this process handles images with ``index % process_count ==
         process_index``; results are identical for any split.
+      mesh: devices for each image's PDA and occlusion windows (see :func:`undesirable_jax.explain`);
+        it changes where the work runs, not the results.
       summarize: with one process, run :func:`merge` at the end (with several, call it once all finished).
 
     Returns the ids of the whole data set, in order (for :func:`merge`).
@@ -276,7 +279,7 @@ def run(out_dir: str | Path, dataset: Iterable[Any], classifier: Any, config: Ev
                 raise ValueError(f"dataset: example {index} has id {ex.id!r} but dataset.ids says {image_id!r}")
             image = ex.image if preprocess is None else preprocess(ex.image)
             rec = evaluate_image(clf, image, int(ex.label), config, sampler, image_key(config.seed, image_id),
-                                 chunk_size=chunk_size, batch_size=batch_size)
+                                 chunk_size=chunk_size, batch_size=batch_size, mesh=mesh)
             io.write_json(path, {"id": image_id, "index": index, "config_sha256": digest, **rec})
         bar.update(1)
 
