@@ -31,9 +31,8 @@ TORCH_HINT = ("torch and captum are optional benchmark dependencies; install the
 
 # ---------------------------------------------------------------- timing
 
-def block(x: Any) -> Any:
-    """``block_until_ready`` on every array leaf."""
-    return jax.tree_util.tree_map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready") else a, x)
+# block and wall_cpu are the package's own (undesirable_jax.benchmark), shared with the CLI's benchmark.
+from undesirable_jax.benchmark import block, wall_cpu  # noqa: E402
 
 
 def best_time(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> float:
@@ -46,17 +45,6 @@ def best_time(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> float
         block(fn())
         best = min(best, time.perf_counter() - t0)
     return best
-
-
-def wall_cpu(fn: Callable[[], Any]) -> tuple[float, float]:
-    """``(wall seconds, process CPU seconds)`` of one blocked call of ``fn``.
-
-    CPU time (all threads of this process) is the steadier measure on a machine shared with other
-    processes; wall time is what a user waits on an idle machine. Scripts report both.
-    """
-    c0, t0 = time.process_time(), time.perf_counter()
-    block(fn())
-    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def load_note() -> str:

@@ -38,6 +38,7 @@ from flax import struct
 
 import undesirable_jax as uj
 from undesirable_jax import engine as E
+from undesirable_jax.benchmark import check_engine
 
 from _common import PDA_PASSES, block, load_model, load_note, report, table, wall_cpu
 
@@ -91,28 +92,6 @@ def time_raw(f: Callable, clf, batch: jnp.ndarray, calls: int) -> np.ndarray:
 def time_call(fn: Callable[[], Any]) -> np.ndarray:
     """(wall, CPU) seconds of one blocked call."""
     return np.asarray(wall_cpu(fn))
-
-
-def check_engine(clf, image, sampler, window, stride, samples, chunk) -> float:
-    """Max |engine window_probs − hand-built perturbed images through the classifier| (S samples)."""
-    ex = uj.explain(clf, image, window=window, stride=stride, sampler=sampler, num_samples=samples,
-                    key=jax.random.key(0), chunk_size=chunk)
-    grid = uj.WindowGrid(image.shape[0], image.shape[1], window, stride)
-    ny, nx = grid.shape
-    picks = [(0, 0), (ny // 2, nx // 3), (ny - 1, nx - 1)]
-    state = sampler.prepare(image, window)
-    err = 0.0
-    for iy, ix in picks:
-        y, x = int(grid.ys[iy]), int(grid.xs[ix])
-        w_id = iy * nx + ix
-        imgs = []
-        for s in range(samples):
-            k = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), w_id), s)
-            patch = sampler.fill(state, image, window, k, jnp.int32(y), jnp.int32(x), jnp.int32(s))
-            imgs.append(image.at[y:y + window, x:x + window].set(patch))
-        p = np.asarray(clf.probs(jnp.stack(imgs))).mean(0)
-        err = max(err, float(np.abs(p - np.asarray(ex.window_probs[:, iy, ix])).max()))
-    return err
 
 
 # ---------------------------------------------------------------- engine variants (profiling)
@@ -236,7 +215,8 @@ def bench_one(args, model: str, dtype: str, sampler_name: str) -> list[Any]:
     chunk = min(args.chunk, pairs)
     n_chunks = -(-pairs // chunk)
 
-    err = check_engine(clf, image, sampler, args.window, args.stride, args.samples, chunk)  # compiles the step
+    err = check_engine(clf, image, sampler, window=args.window, stride=args.stride,  # compiles the step
+                       num_samples=args.samples, chunk_size=chunk)
     tol = 1e-5 if dtype == "float32" else 1e-2
     ok = err <= tol
 
