@@ -75,3 +75,13 @@ def test_sampler_factories_reject_bad_arguments(factory, arg, words):
         factory(arg)
     for word in words:
         assert word in str(info.value)
+
+
+def test_row_names_missing_classes_and_refuses_stacks():
+    expl = run(classes=[2, 0])
+    assert expl.row(0) == 1
+    with pytest.raises(ValueError, match="class 1 is not in this explanation"):
+        expl.row(1)
+    stack = jax.tree.map(lambda *a: jnp.stack(a), expl, expl)
+    with pytest.raises(ValueError, match="stack of 2"):
+        stack.row(0)

@@ -59,7 +59,10 @@ class Explanation:
 
     def row(self, class_id: int) -> int:
         """Row index of ``class_id`` in the arrays (a clear error when it was not kept)."""
-        hits = np.flatnonzero(np.asarray(self.classes).reshape(-1, self.classes.shape[-1])[0] == class_id)
+        classes = np.asarray(self.classes)
+        if classes.ndim != 1:
+            raise ValueError(f"row: needs one explanation, got a stack of {classes.shape[0]}; index it first")
+        hits = np.flatnonzero(classes == class_id)
         if hits.size == 0:
             raise ValueError(
                 f"class {class_id} is not in this explanation (kept classes: "
