@@ -212,7 +212,7 @@ def bench_one(args, model: str, dtype: str, sampler_name: str) -> list[Any]:
     sampler = make_sampler(sampler_name, image, jax.random.fold_in(key, 2), args.window)
     grid = uj.WindowGrid(shape[0], shape[1], args.window, args.stride)
     pairs = grid.num_windows * args.samples
-    chunk = min(args.chunk, pairs)
+    chunk = E.plan_chunk(args.chunk, pairs, 1)  # the engine's own (balanced) step size: raw runs the same batch
     n_chunks = -(-pairs // chunk)
 
     err = check_engine(clf, image, sampler, window=args.window, stride=args.stride,  # compiles the step
