@@ -205,13 +205,20 @@ def verdict(ratio: np.ndarray, target: float) -> str:
     return f"≥{target}: wall {word(ratio[0])}, CPU {word(ratio[1])}"
 
 
-def bench_one(args, model: str, dtype: str, sampler_name: str) -> list[Any]:
+def setup(args, model: str, dtype: str, sampler_name: str):
+    """The model, a random image and the sampler for one row, from the seed: (key, clf, desc, shape,
+    image, sampler, number of (window, sample) pairs)."""
     key = jax.random.key(args.seed)
     clf, desc, shape = load_model(model, args.size, args.channels, args.classes, key, dtype)
     image = jax.random.normal(jax.random.fold_in(key, 1), shape)
     sampler = make_sampler(sampler_name, image, jax.random.fold_in(key, 2), args.window)
     grid = uj.WindowGrid(shape[0], shape[1], args.window, args.stride)
     pairs = grid.num_windows * args.samples
+    return key, clf, desc, shape, image, sampler, pairs
+
+
+def bench_one(args, model: str, dtype: str, sampler_name: str) -> list[Any]:
+    key, clf, desc, shape, image, sampler, pairs = setup(args, model, dtype, sampler_name)
     chunk = E.plan_chunk(args.chunk, pairs, 1)  # the engine's own (balanced) step size: raw runs the same batch
     n_chunks = -(-pairs // chunk)
 
@@ -239,12 +246,7 @@ def bench_one(args, model: str, dtype: str, sampler_name: str) -> list[Any]:
 
 def profile_one(args, model: str, dtype: str, sampler_name: str) -> list[list[Any]]:
     """Time engine variants against the raw classifier, each checked against the engine's result."""
-    key = jax.random.key(args.seed)
-    clf, desc, shape = load_model(model, args.size, args.channels, args.classes, key, dtype)
-    image = jax.random.normal(jax.random.fold_in(key, 1), shape)
-    sampler = make_sampler(sampler_name, image, jax.random.fold_in(key, 2), args.window)
-    grid = uj.WindowGrid(shape[0], shape[1], args.window, args.stride)
-    pairs = grid.num_windows * args.samples
+    key, clf, desc, shape, image, sampler, pairs = setup(args, model, dtype, sampler_name)
     chunk = min(args.chunk, pairs)
     chunk -= chunk % args.samples or 0
     n_chunks = -(-pairs // chunk)
