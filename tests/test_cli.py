@@ -87,14 +87,12 @@ def test_explain_digits_writes_figure_and_arrays_equal_to_the_api(digit_png, tmp
 
 
 @pytest.mark.slow
-def test_embedded_default_is_efficientnet_on_chelsea_and_fast(tmp_path, monkeypatch, capsys):
-    """`undesirable-jax explain` with no arguments: the real ImageNet model, the offline cat, < 2 minutes."""
-    import time
+def test_embedded_default_is_efficientnet_on_chelsea(tmp_path, monkeypatch, capsys):
+    """`undesirable-jax explain` with no arguments: the real ImageNet model on the offline cat.
 
+    Its wall time is measured in benchmarks/, not asserted here (a loaded machine would fail it)."""
     monkeypatch.chdir(tmp_path)
-    t0 = time.perf_counter()
     code, out, err = run_cli(["explain", "--no-progress"], capsys)
-    seconds = time.perf_counter() - t0
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0] == "efficientnet_lite0 on chelsea: top classes"
@@ -106,7 +104,6 @@ def test_embedded_default_is_efficientnet_on_chelsea_and_fast(tmp_path, monkeypa
         assert im.size[0] > 1000
     z = np.load(png.with_suffix(".npz"))
     assert z["evidence"].shape == (1000, 224, 224) and int(z["window"]) == 32 and int(z["stride"]) == 16
-    assert seconds < 120, f"the embedded default took {seconds:.0f} s"
 
 
 @pytest.mark.slow

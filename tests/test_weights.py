@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import time
 import zipfile
 
 import numpy as np
@@ -98,11 +97,10 @@ def test_safetensors_found_by_content_and_bad_layouts_refused(tmp_path):
         W.load_state_dict(tmp_path / "cut.pth")
 
 
-def test_missing_file_fails_at_once_with_what_to_do(tmp_path):
-    t0 = time.perf_counter()
+def test_missing_file_fails_at_once_with_what_to_do(tmp_path, no_network):
     with pytest.raises(FileNotFoundError, match="never downloads"):
         W.load_state_dict(tmp_path / "nope.pth")
-    assert time.perf_counter() - t0 < 1.0
+    assert no_network == [], f"tried to connect to {no_network}"
 
 
 def test_not_a_weight_file(tmp_path):
