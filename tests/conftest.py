@@ -23,3 +23,9 @@ def no_network(monkeypatch) -> list:
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
     return attempts
+
+
+@pytest.fixture(autouse=True)
+def _no_user_compile_cache(monkeypatch):
+    """CLI runs inside the tests never write to the user's cache folder."""
+    monkeypatch.setenv("UNDESIRABLE_JAX_CACHE", "off")
