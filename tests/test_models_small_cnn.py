@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -55,10 +56,14 @@ def test_small_cnn_preprocess_takes_any_uint8_image():
 
 
 @pytest.mark.slow
-def test_training_script_reproduces_the_shipped_digits_params(tmp_path):
-    result = train_small_cnn.main(["--dataset", "digits", "--out", str(tmp_path / "d.safetensors")])
+def test_training_script_reproduces_the_shipped_digits_params_without_touching_them(tmp_path, monkeypatch):
+    shipped_path = small_cnn.shipped_weights_path("digits")
+    before = Path(shipped_path).read_bytes()
+    monkeypatch.chdir(tmp_path)
+    result = train_small_cnn.main(["--dataset", "digits"])      # default --out: the current folder
     assert result.test_accuracy >= 0.95
-    new = models.checkpoints.load_state_dict(tmp_path / "d.safetensors")
+    assert Path(shipped_path).read_bytes() == before
+    new = models.checkpoints.load_state_dict(tmp_path / "digits_cnn.safetensors")
     shipped = models.checkpoints.load_state_dict(small_cnn.shipped_weights_path("digits"))
     assert new.keys() == shipped.keys()
     for k in shipped:  # bit-identical on the machine that made them; tiny float drift elsewhere

@@ -4,8 +4,10 @@
     python -m undesirable_jax.models.train_small_cnn --dataset lfw
 
 Trains on the ``"train"`` split (see :mod:`undesirable_jax.data.datasets` for the fixed split),
-reports accuracy on ``"test"``, and writes ``undesirable_jax/models/weights/<dataset>_cnn.safetensors``
-atomically (or ``--out``). Same seed, same machine: the same parameters, bit for bit.
+reports accuracy on ``"test"``, and writes ``<dataset>_cnn.safetensors`` in the current folder atomically
+(or ``--out``). It never writes into the installed package unless ``--out`` names the shipped file
+(``undesirable_jax/models/weights/<dataset>_cnn.safetensors`` in a source checkout), which is how the
+shipped weights were made. Same seed, same machine: the same parameters, bit for bit.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 import optax
 
 from ..data import datasets
-from .small_cnn import SmallCNN, SmallCNNApply, config, save_params, shipped_weights_path
+from .small_cnn import SmallCNN, SmallCNNApply, config, save_params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,12 +127,12 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", required=True, choices=sorted(TRAIN_CONFIGS))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=None, help="output .safetensors (default: the shipped file)")
+    parser.add_argument("--out", default=None, help="output .safetensors (default: <dataset>_cnn.safetensors in the current folder)")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     result = train(args.dataset, args.seed)
     seconds = time.perf_counter() - t0
-    out = shipped_weights_path(args.dataset) if args.out is None else args.out
+    out = f"{args.dataset}_cnn.safetensors" if args.out is None else args.out
     meta = {"dataset": args.dataset, "seed": str(args.seed), "test_accuracy": f"{result.test_accuracy:.6f}",
             "train_accuracy": f"{result.train_accuracy:.6f}",
             "train_config": repr(result.train_config),
