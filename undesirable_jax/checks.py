@@ -20,14 +20,16 @@ import numpy as np
 SEED_MAX = 2**63 - 1
 #: Pair and window indices are int32 inside the jitted engine.
 INT32_MAX = 2**31 - 1
+#: Highest figure resolution accepted (print quality is 300-600 dots per inch).
+MAX_DPI = 1200
 
 
 class BadFileError(ValueError):
-    """A file that cannot be used as asked; ``path`` is the file, the message says why and what to do."""
+    """A file that cannot be used as asked: ``path``, what is wrong with it (``problem``) and the ``fix``."""
 
     def __init__(self, path: str | os.PathLike, problem: str, fix: str):
-        self.path = os.fspath(path)
-        super().__init__(f"{self.path!r}: {problem}; {fix}")
+        self.path, self.problem, self.fix = os.fspath(path), problem, fix
+        super().__init__(f"{self.path!r} {problem}; {fix}")
 
 
 def integer(name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None) -> int:

@@ -28,8 +28,7 @@ from .engine import Explanation, explain
 from .factors import Factors, factors as compute_factors
 from .io import atomic_path
 
-#: Highest PNG resolution accepted (print quality is 300-600 dots per inch).
-MAX_DPI = 1200
+MAX_DPI = checks.MAX_DPI
 #: Largest figure written, in pixels (about 1 GB of RGBA while matplotlib draws it).
 MAX_FIGURE_PIXELS = 2**28
 
