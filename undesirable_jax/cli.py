@@ -385,6 +385,16 @@ def _status(msg: str, args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------ explain
 
 
+def _check_explain_args(args: argparse.Namespace) -> None:
+    """Every ``explain`` option that needs no model, and the output folder, before any work."""
+    for name in ("top_k", "chunk_size"):
+        _positive("--" + name.replace("_", "-"), getattr(args, name))
+    _check_numbers(args)
+    checks.positive_int("--dpi", args.dpi, maximum=checks.MAX_DPI)
+    checks.positive_number("--laplace-n", args.laplace_n)
+    checks.output_dir(args.out_dir, "--out-dir")
+
+
 def run_explain(args: argparse.Namespace) -> int:
     """``undesirable-jax explain``: see the subcommand's ``--help``."""
     import jax
@@ -396,12 +406,7 @@ def run_explain(args: argparse.Namespace) -> int:
     from .visualize import factor_figure, save_figure
 
     t0 = time.perf_counter()
-    for name in ("top_k", "chunk_size"):
-        _positive("--" + name.replace("_", "-"), getattr(args, name))
-    _check_numbers(args)
-    checks.positive_int("--dpi", args.dpi, maximum=checks.MAX_DPI)
-    checks.positive_number("--laplace-n", args.laplace_n)
-    checks.output_dir(args.out_dir, "--out-dir")
+    _check_explain_args(args)
     raw, image_name = load_raw_image(args.image)
     model = load_model(args.model, args.weights)
     if args.window is None:
