@@ -103,6 +103,9 @@ def hostile_weights(folder: Path) -> dict[str, Path]:
     raw = bytearray((folder / "legacy_len.pth").read_bytes())
     raw[-12:-4] = struct.pack("<q", 2**60)
     (folder / "legacy_len.pth").write_bytes(bytes(raw))
+    legacy_magic = (folder / "legacy_len.pth").read_bytes()[:15]  # the pickled magic number comes first
+    assert legacy_magic.endswith(b".")
+    (folder / "pickle_bytes8.pth").write_bytes(legacy_magic + b"\x80\x04\x8e" + struct.pack("<Q", 2**40) + b"abc")
     good = {"w": ("0", 0, (4, 4), (4, 1))}
     sixteen = {"0": np.arange(16, dtype=np.float32)}
     write_zip(folder / "ok.pth", good, sixteen)
@@ -336,6 +339,7 @@ def test_every_hostile_file_is_refused_within_one_gib(bad_images, bad_weights):
     ("deflated.pth", ["uncompressed", "more than the whole file"]),
     ("legacy_len.pth", ["1,152,921,504,606,846,976 elements", "truncated or damaged"]),
     ("cut_zip.pth", ["damaged or truncated"]),
+    ("pickle_bytes8.pth", ["damaged or truncated"]),
     ("cut_legacy_0.pth", ["damaged or truncated"]),
     ("cut_legacy_1.pth", ["damaged or truncated"]),
     ("cut_legacy_2.pth", ["truncated"]),
