@@ -75,10 +75,15 @@ class _TensorRef:
         self.key, self.dtype, self.offset, self.size, self.stride = key, dtype, offset, size, stride
 
 
+def _all_ints(values: Any, minimum: int | None = None) -> bool:
+    """True when ``values`` are plain ints (not bools), each ``>= minimum`` when given."""
+    return all(isinstance(v, int) and not isinstance(v, bool) and (minimum is None or v >= minimum)
+               for v in values)
+
+
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, *_ignored):
     dtype, key = storage
-    layout = (storage_offset, *size, *stride)
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in layout):
+    if not _all_ints((storage_offset, *size, *stride)):
         raise ValueError(f"invalid tensor layout (offset {storage_offset!r}, size {size!r}, stride {stride!r})")
     return _TensorRef(key, dtype, int(storage_offset), tuple(size), tuple(stride))
 
@@ -133,7 +138,7 @@ def _restricted_load(f: Any) -> tuple[Any, dict[str, np.dtype]]:
 
 def _storage_bytes(key: str, numel: Any, dtype: np.dtype) -> int:
     """Bytes of a storage from its declared element count (refused unless a non-negative int)."""
-    if isinstance(numel, bool) or not isinstance(numel, int) or numel < 0:
+    if not _all_ints((numel,), minimum=0):
         raise ValueError(f"storage {key!r} declares {numel!r} elements")
     return numel * dtype.itemsize
 
@@ -321,9 +326,8 @@ def _load_safetensors(path: Path, size: int, head: bytes) -> dict[str, np.ndarra
 def _check_safetensors_entry(name: str, info: Any, data: int) -> None:
     ok = isinstance(info, dict) and info.get("dtype") in _SAFETENSORS_ITEMSIZE
     shape, offsets = (info.get("shape"), info.get("data_offsets")) if ok else (None, None)
-    ints = lambda v, n=None: (isinstance(v, list) and (n is None or len(v) == n)  # noqa: E731
-                              and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v))
-    if not (ok and ints(shape) and ints(offsets, 2)):
+    if not (ok and isinstance(shape, list) and _all_ints(shape, 0) and isinstance(offsets, list)
+            and len(offsets) == 2 and _all_ints(offsets, 0)):
         raise ValueError(f"is not a valid .safetensors file: tensor {name!r} has a malformed entry {info!r:.200}")
     begin, end = offsets
     want = math.prod(shape) * _SAFETENSORS_ITEMSIZE[info["dtype"]]
