@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import checks
 from .classifiers import Classifier, as_classifier
 from .engine import explain, plan_chunk
 from .samplers import Sampler
@@ -127,8 +128,7 @@ def engine_throughput(classifier: Any, image: Any, sampler: Sampler, *, window: 
     ``rounds``: interleaved raw/engine rounds, best of each kept. ``chunk_size`` as in ``explain``
     (None: the engine's default); the raw batch has the same size.
     """
-    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"rounds: expected an int >= 1, got {rounds!r}")
+    checks.positive_int("rounds", rounds)
     clf = as_classifier(classifier)
     img = jnp.asarray(image, jnp.float32)
     key = jax.random.key(0) if key is None else key

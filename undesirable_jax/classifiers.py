@@ -12,9 +12,12 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 _OUTPUTS = ("logits", "probs")
+#: How far a row of probabilities may sum from 1 (bf16 softmax rounds to about 1e-3 per class).
+PROB_SUM_TOLERANCE = 1e-2
 
 
 @struct.dataclass
@@ -31,6 +34,9 @@ class Classifier:
     def probs(self, images: jnp.ndarray) -> jnp.ndarray:
         """Class probabilities ``[N, K]`` in float32 (softmax of logits; probabilities pass through)."""
         out = self(images)
+        if not isinstance(out, (jax.Array, np.ndarray)):
+            raise TypeError(f"classifier: must return an array [N, K] of {self.outputs}, got "
+                            f"{type(out).__name__}; return the logits array itself (not None, a tuple or a dict)")
         if out.ndim != 2 or out.shape[0] != images.shape[0]:
             raise ValueError(
                 f"classifier: must map images [N, H, W, C] to [N, K], got output shape {out.shape} "
@@ -39,6 +45,33 @@ class Classifier:
         probs = jax.nn.softmax(out, axis=-1) if self.outputs == "logits" else out
         # XLA may turn softmax(NaN) into finite values; keep a non-finite output visible as NaN.
         return jnp.where(jnp.all(jnp.isfinite(out), axis=-1, keepdims=True), probs, jnp.nan)
+
+
+def valid_probs(probs: jnp.ndarray) -> jnp.ndarray:
+    """True where every row is a probability distribution: finite, in [0, 1], summing to 1."""
+    finite = jnp.all(jnp.isfinite(probs))
+    in_range = jnp.all((probs >= 0.0) & (probs <= 1.0 + 1e-6))
+    sums = jnp.all(jnp.abs(jnp.sum(probs, axis=-1) - 1.0) <= PROB_SUM_TOLERANCE)
+    return finite & in_range & sums
+
+
+def check_probs(probs: Any, outputs: str) -> int:
+    """Check the class probabilities of the untouched image ``[K]`` before any long work; returns K."""
+    p = np.asarray(probs, np.float64)
+    if not np.all(np.isfinite(p)):
+        raise ValueError("classifier: returned NaN or inf on the image; check the model and preprocessing")
+    k = int(p.shape[-1])
+    if k < 2:
+        raise ValueError(
+            f"classifier: returned K = {k} class; the evidence compares classes and needs K >= 2. For one "
+            "sigmoid logit z, return the two logits [0, z] (their softmax is [1 - sigmoid(z), sigmoid(z)])")
+    if outputs == "probs" and (p.min() < 0.0 or p.max() > 1.0 + 1e-6
+                               or abs(p.sum() - 1.0) > PROB_SUM_TOLERANCE):
+        raise ValueError(
+            f"classifier: marked as returning probabilities, but its output on the image is not a "
+            f"distribution (min {p.min():.3g}, max {p.max():.3g}, sum {p.sum():.4g}); return softmax "
+            "probabilities, or logits without undesirable_jax.probabilities(...)")
+    return k
 
 
 def as_classifier(classifier: Any) -> Classifier:

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from . import checks
+
 DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_IMAGE = "chelsea"
 SAMPLERS = ("blur", "constant", "marginal", "conditional")
@@ -231,8 +233,8 @@ def _methods() -> tuple[str, ...]:
 
 
 def _positive(name: str, value: int | None) -> None:
-    if value is not None and value < 1:
-        raise UsageError(f"{name}: must be >= 1, got {value}")
+    if value is not None:
+        checks.positive_int(name, value)
 
 
 def load_model(spec: str, weights: Path | None) -> Any:
@@ -262,7 +264,7 @@ def load_model(spec: str, weights: Path | None) -> Any:
     if not isinstance(loaded, models.LoadedModel):
         raise UsageError(f"--model: {spec}() returned {type(loaded).__name__}, expected an "
                          "undesirable_jax.models.LoadedModel (classifier, class names, input shape, preprocess)")
-    return loaded
+    return models.check_model(loaded)
 
 
 def load_raw_image(spec: str, what: str = "image") -> tuple[Any, str]:
@@ -271,7 +273,10 @@ def load_raw_image(spec: str, what: str = "image") -> tuple[Any, str]:
 
     path = Path(spec)
     if path.is_file():
-        return load_image(path), path.stem
+        try:
+            return load_image(path), path.stem
+        except checks.BadFileError as e:
+            raise UsageError(f"{what}: {e}") from e
     if spec in SAMPLE_IMAGES:
         return sample_image(spec), spec
     raise UsageError(f"{what}: no file at {spec!r} and not an offline sample image ({', '.join(SAMPLE_IMAGES)}); "
@@ -318,6 +323,16 @@ def make_sampler(args: argparse.Namespace, pool: Callable[[], Any], window: int,
             raise UsageError(f"--sampler-file: no file at {str(args.sampler_file)!r}; check the path")
         return samplers.load_conditional_gaussian(args.sampler_file, window=window)
     return samplers.conditional_gaussian(pool(), window=window, key=key)
+
+
+def _check_numbers(args: argparse.Namespace, seed_minimum: int | None = None) -> None:
+    """The numeric options every command shares, checked before any work."""
+    if seed_minimum is None:
+        checks.seed("--seed", args.seed)
+    else:
+        checks.integer("--seed", args.seed, minimum=seed_minimum, maximum=checks.SEED_MAX)
+    checks.positive_number("--blur-sigma", args.blur_sigma)
+    _num_samples(args)
 
 
 def _num_samples(args: argparse.Namespace) -> int:
@@ -370,6 +385,16 @@ def _status(msg: str, args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------ explain
 
 
+def _check_explain_args(args: argparse.Namespace) -> None:
+    """Every ``explain`` option that needs no model, and the output folder, before any work."""
+    for name in ("top_k", "chunk_size"):
+        _positive("--" + name.replace("_", "-"), getattr(args, name))
+    _check_numbers(args)
+    checks.positive_int("--dpi", args.dpi, maximum=checks.MAX_DPI)
+    checks.positive_number("--laplace-n", args.laplace_n)
+    checks.output_dir(args.out_dir, "--out-dir")
+
+
 def run_explain(args: argparse.Namespace) -> int:
     """``undesirable-jax explain``: see the subcommand's ``--help``."""
     import jax
@@ -381,8 +406,7 @@ def run_explain(args: argparse.Namespace) -> int:
     from .visualize import factor_figure, save_figure
 
     t0 = time.perf_counter()
-    for name in ("top_k", "dpi", "chunk_size"):
-        _positive("--" + name.replace("_", "-"), getattr(args, name))
+    _check_explain_args(args)
     raw, image_name = load_raw_image(args.image)
     model = load_model(args.model, args.weights)
     if args.window is None:
@@ -395,6 +419,9 @@ def run_explain(args: argparse.Namespace) -> int:
     if args.top_k > len(model.class_names) - 1:
         raise UsageError(f"--top-k: {args.top_k} competitors asked for, but the model has only "
                          f"{len(model.class_names)} classes; pick --top-k <= {len(model.class_names) - 1}")
+    stem = args.name or f"{image_name}-{model.name.replace(':', '-').replace('.', '-')}"
+    png = checks.output_file(args.out_dir / f"{stem}.png", "--out-dir")
+    npz = checks.output_file(args.out_dir / f"{stem}.npz", "--out-dir")
     pre = model.preprocess(raw)
     image = np.asarray(pre.image, np.float32)
     key = jax.random.key(args.seed)
@@ -415,8 +442,6 @@ def run_explain(args: argparse.Namespace) -> int:
                    progress=not args.no_progress)
     f = factors(expl, target=target, top_k=args.top_k, decouple=not args.plain)
 
-    stem = args.name or f"{image_name}-{model.name.replace(':', '-').replace('.', '-')}"
-    png, npz = args.out_dir / f"{stem}.png", args.out_dir / f"{stem}.npz"
     names = [n.split(",")[0].strip() for n in model.class_names]
     fig = factor_figure(display_image(model, raw, image), f, names,
                         title=f"{model.name} on {image_name}: window {args.window}, stride {args.stride}, "
@@ -487,7 +512,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
 
-    from . import distributed
+    from . import data, distributed
     from .evaluate import DEFAULT_PERCENTS, METHODS, EvalConfig, merge, run
 
     for name in ("limit", "pool_size", "top_k", "rise_masks", "chunk_size", "removal_samples", "batch_size"):
@@ -498,9 +523,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if not args.distributed and any(v is not None for v in (args.coordinator_address, args.num_processes,
                                                               args.process_id)):
         raise UsageError("--coordinator-address/--num-processes/--process-id need --distributed")
+    _check_numbers(args, seed_minimum=0)
+    out = checks.output_dir(args.out, "--out")
     if args.distributed:  # before any other JAX work
         proc = distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
-    out = Path(args.out)
     dataset, pool_set = load_dataset(args.dataset, args.split, args.data_dir)
     subset = _Subset(dataset, args.limit)
     if len(subset) == 0:
@@ -515,6 +541,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.distributed:  # every process has looked for an earlier run before any writes config.json
         distributed.barrier("undesirable_jax.cli.evaluate.checked")
     model = load_model(args.model, args.weights)
+    data.check_model_classes(getattr(dataset, "class_names", ()), model.class_names, dataset=args.dataset,
+                             model=model.name, name="--dataset")
     _check_window(args.window, args.stride, model.input_shape)
     num_samples = _num_samples(args)
 
@@ -565,6 +593,9 @@ def run_benchmark(args: argparse.Namespace) -> int:
 
     for name in ("chunk_size", "rounds"):
         _positive("--" + name.replace("_", "-"), getattr(args, name))
+    _check_numbers(args)
+    if args.json is not None:
+        checks.output_file(args.json, "--json")
     model = load_model(args.model, args.weights)
     _check_window(args.window, args.stride, model.input_shape)
     num_samples = _num_samples(args)
@@ -608,7 +639,16 @@ def run_benchmark(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ main
 
 
-_INPUT_ERRORS = (UsageError, ValueError, TypeError, FileNotFoundError, ImportError, pickle.UnpicklingError)
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean bad input (files, options, models): one ``error:`` line, exit code 2.
+
+    ``OSError`` covers unreadable, unwritable and missing files (Pillow's ``UnidentifiedImageError``
+    is one); ``DecompressionBombError`` is Pillow's refusal of a huge image.
+    """
+    from PIL import Image
+
+    return (UsageError, ValueError, TypeError, OSError, ImportError, pickle.UnpicklingError,
+            Image.DecompressionBombError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -620,7 +660,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args))
-    except _INPUT_ERRORS as e:
+    except _input_errors() as e:
         if args.traceback:
             raise
         msg = " ".join(str(e).split()) or type(e).__name__

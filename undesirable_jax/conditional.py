@@ -36,7 +36,7 @@ import numpy as np
 from flax import struct
 from jax import custom_batching
 
-from . import io
+from . import checks, io
 
 FORMAT = "undesirable_jax.conditional_gaussian/1"
 
@@ -171,11 +171,11 @@ def conditional_gaussian(
     ``preprocessing`` is free text saved with the sampler (e.g. "RGB /255, ImageNet mean/std").
     """
     arr = _check_images(images)
-    window = _check_int("window", window, 1)
-    padding = _check_int("padding", padding, 0)
-    num_patches = _check_int("num_patches", num_patches, 2)
+    window = checks.integer("window", window, minimum=1)
+    padding = checks.integer("padding", padding, minimum=0)
+    num_patches = checks.integer("num_patches", num_patches, minimum=2)
     per_channel = _check_bool("per_channel", per_channel)
-    key = _check_key(key)
+    key = checks.prng_key(key)
     for name, val in (("shrinkage", shrinkage), ("ridge", ridge)):
         if not (isinstance(val, (int, float)) and np.isfinite(val) and val >= 0):
             raise ValueError(f"{name}: must be a number >= 0, got {val!r}")
@@ -218,9 +218,9 @@ def from_moments(
     ``mean`` [G, d], ``cov`` [G, d, d] in the layout of :class:`ConditionalGaussian`; ``lo``/``hi``:
     scalars or per-channel [C] clip bounds. The class matrices are computed here, in float64.
     """
-    window = _check_int("window", window, 1)
-    padding = _check_int("padding", padding, 0)
-    channels = _check_int("channels", channels, 1)
+    window = checks.integer("window", window, minimum=1)
+    padding = checks.integer("padding", padding, minimum=0)
+    channels = checks.integer("channels", channels, minimum=1)
     per_channel = _check_bool("per_channel", per_channel)
     size = window + 2 * padding
     groups, dim = (channels, size * size) if per_channel else (1, size * size * channels)
@@ -445,25 +445,7 @@ def _check_images(images: Any) -> np.ndarray:
     return arr
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: must be an int >= {minimum}, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name}: must be >= {minimum}, got {value}")
-    return int(value)
-
-
 def _check_bool(name: str, value: Any) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: must be True or False, got {type(value).__name__} {value!r}")
     return bool(value)
-
-
-def _check_key(key: Any) -> jax.Array:
-    if not isinstance(key, jax.Array):
-        raise TypeError(f"key: expected a PRNG key from jax.random.key(seed), got {type(key).__name__}")
-    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        key = jax.random.wrap_key_data(key)
-    if key.shape != ():
-        raise ValueError(f"key: expected a single key, got shape {key.shape}")
-    return key

@@ -21,7 +21,8 @@ from flax import struct
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from .classifiers import Classifier, as_classifier
+from . import checks
+from .classifiers import Classifier, as_classifier, check_probs, valid_probs
 from .evidence import weight_of_evidence
 from .samplers import Sampler
 from .windows import WindowGrid
@@ -107,23 +108,25 @@ def explain(
     clf = as_classifier(classifier)
     img = _check_image(image)
     grid = WindowGrid(img.shape[0], img.shape[1], window, stride)
-    num_samples = _check_positive_int("num_samples", num_samples)
+    num_samples = checks.positive_int("num_samples", num_samples)
     if not isinstance(sampler, Sampler):
         raise TypeError(
             f"sampler: expected a sampler such as undesirable_jax.samplers.constant(0.0), got "
             f"{type(sampler).__name__}")
     if not (isinstance(laplace_n, (int, float)) and math.isfinite(laplace_n) and laplace_n > 0):
         raise ValueError(f"laplace_n: must be a positive number (training-set size), got {laplace_n!r}")
-    key = _check_key(key)
+    key = checks.prng_key(key)
+    total = grid.num_windows * num_samples
+    if total > checks.INT32_MAX:
+        raise ValueError(f"num_samples: {num_samples} samples x {grid.num_windows} windows = {total} perturbed "
+                         f"images, more than the engine's int32 indices hold ({checks.INT32_MAX}); lower "
+                         "num_samples or raise the stride")
 
     base = _base_probs(clf, img)
-    if not bool(jnp.all(jnp.isfinite(base))):
-        raise ValueError("classifier: returned NaN or inf on the image; check the model and preprocessing")
-    num_classes = int(base.shape[-1])
+    num_classes = check_probs(base, clf.outputs)
     rows = _check_classes(classes, num_classes)
 
     mesh = _check_mesh(mesh)
-    total = grid.num_windows * num_samples
     chunk = plan_chunk(chunk_size, total, mesh.size)
     state = sampler.prepare(img, window)
     ys, xs = jnp.asarray(grid.ys), jnp.asarray(grid.xs)
@@ -133,8 +136,9 @@ def explain(
         acc, bad = _step(clf, sampler, state, img, key, ys, xs, rows, jnp.int32(start), acc, bad,
                          window=window, num_samples=num_samples, chunk=chunk, mesh=mesh)
     if bool(jnp.any(bad)):
-        raise ValueError("classifier: returned NaN or inf on a perturbed image; check the model and "
-                         "that the sampler's fills lie in the input range it expects")
+        raise ValueError("classifier: returned NaN or inf, or probabilities outside [0, 1] or not summing to 1, "
+                         "on a perturbed image; check the model and that the sampler's fills lie in the input "
+                         "range it expects")
 
     ny, nx = grid.shape
     # The one reduction over devices; the result lives on one device, like the image's explanation.
@@ -192,9 +196,9 @@ def _step(clf, sampler, state, image, key, ys, xs, rows, start, acc, bad, *, win
         offset = start + _flat_axis_index(mesh) * per_device
         pairs, valid = pair_indices(offset, per_device, total)
         batch = perturb(sampler, state, image, key, ys, xs, pairs, window=window, num_samples=num_samples)
-        probs = clf.probs(batch)[:, rows]
-        probs = jnp.where(valid[:, None], probs, 0.0)
-        bad = bad | ~jnp.all(jnp.isfinite(probs))
+        full = clf.probs(batch)  # padding pairs repeat the last real pair, so every row is checked
+        bad = bad | ~valid_probs(full)
+        probs = jnp.where(valid[:, None], full[:, rows], 0.0)
         return acc.at[0, pairs // num_samples].add(probs), bad
 
     rep, sharded = PartitionSpec(), PartitionSpec(axes)
@@ -238,7 +242,7 @@ def plan_chunk(chunk_size: int | None, total: int, devices: int) -> int:
     if chunk_size is None:
         limit = DEFAULT_CHUNK * devices
     else:
-        limit = _check_positive_int("chunk_size", chunk_size)
+        limit = checks.positive_int("chunk_size", chunk_size)
         if limit % devices:
             raise ValueError(f"chunk_size={limit} does not split over {devices} devices: pick a multiple of "
                              f"{devices} (e.g. {devices * max(1, round(limit / devices))})")
@@ -261,24 +265,6 @@ def _check_image(image: Any) -> jnp.ndarray:
     if not bool(jnp.all(jnp.isfinite(arr))):
         raise ValueError("image: contains NaN or inf; clean the image or its preprocessing")
     return arr
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: must be an int >= 1, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name}: must be >= 1, got {value}")
-    return int(value)
-
-
-def _check_key(key: Any) -> jax.Array:
-    if not isinstance(key, jax.Array):
-        raise TypeError(f"key: expected a PRNG key from jax.random.key(seed), got {type(key).__name__}")
-    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        key = jax.random.wrap_key_data(key)  # legacy uint32[2] keys from jax.random.PRNGKey
-    if key.shape != ():
-        raise ValueError(f"key: expected a single key, got shape {key.shape}")
-    return key
 
 
 def _check_classes(classes: Sequence[int] | None, num_classes: int) -> jnp.ndarray:

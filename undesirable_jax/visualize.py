@@ -23,9 +23,14 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from . import checks
 from .engine import Explanation, explain
 from .factors import Factors, factors as compute_factors
 from .io import atomic_path
+
+MAX_DPI = checks.MAX_DPI
+#: Largest figure written, in pixels (about 1 GB of RGBA while matplotlib draws it).
+MAX_FIGURE_PIXELS = 2**28
 
 EVIDENCE_CMAP = "RdBu_r"  # low (against) = blue, high (for) = red
 HEAT_CMAP = "inferno"
@@ -199,8 +204,11 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> Path:
     """Write ``fig`` as a PNG to ``path`` atomically; the image is figure size × ``dpi`` pixels."""
     if not isinstance(fig, Figure):
         raise TypeError(f"fig: expected a matplotlib Figure, got {type(fig).__name__}")
-    if isinstance(dpi, bool) or not isinstance(dpi, (int, np.integer)) or dpi < 1:
-        raise ValueError(f"dpi: expected a positive int, got {dpi!r}")
+    dpi = checks.positive_int("dpi", dpi, maximum=MAX_DPI)
+    width, height = (float(v) * dpi for v in fig.get_size_inches())
+    if width * height > MAX_FIGURE_PIXELS:
+        raise ValueError(f"dpi: {dpi} makes a {width:.0f}x{height:.0f} image, more than {MAX_FIGURE_PIXELS:,} "
+                         f"pixels; lower dpi to at most {int(dpi * (MAX_FIGURE_PIXELS / (width * height)) ** 0.5)}")
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"path: figures are written as PNG, got {str(path)!r}; use a name ending in .png")

@@ -13,6 +13,8 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
+from . import checks
+
 
 def positions(length: int, window: int, stride: int) -> np.ndarray:
     """Top-left corners along one axis of ``length`` pixels: ``0, s, 2s, …`` and ``length − window``."""
@@ -90,11 +92,8 @@ class WindowGrid:
 
 
 def _check_window(length: int, window: int, stride: int, axis: str = "length") -> None:
-    for name, value in (("window", window), ("stride", stride)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-        if value < 1:
-            raise ValueError(f"{name} must be >= 1, got {value}")
+    checks.positive_int("window", window, maximum=None)
+    checks.positive_int("stride", stride, maximum=None)
     if window > length:
         raise ValueError(
             f"window={window} is larger than the image {axis} {length}: pick window <= {length}"

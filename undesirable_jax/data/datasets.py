@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
+
+from ..checks import BadFileError
 
 SPLITS = ("train", "test", "all")
 DIGITS_CLASSES: tuple[str, ...] = tuple(str(c) for c in range(10))
@@ -110,6 +113,9 @@ def lfw(split: str = "test") -> ArraySet:
 class ImageFolder(_Sequence):
     """Images under ``root/<class>/``; read with Pillow as RGB ``uint8`` when accessed.
 
+    A file that cannot be read stops the run with :class:`~undesirable_jax.checks.BadFileError`
+    naming it (nothing is skipped silently): remove or replace it and resume.
+
     ``ids`` (each path below ``root``) are known without decoding, so runners skip finished images.
     """
 
@@ -126,7 +132,14 @@ class ImageFolder(_Sequence):
         from .images import load_image
 
         i = self._check_index(index)
-        return Example(id=self.ids[i], image=load_image(self.paths[i]), label=self.labels[i])
+        try:
+            image = load_image(self.paths[i])
+        except BadFileError as e:
+            raise BadFileError(self.paths[i], f"{e.problem} (image {self.ids[i]!r} of the data set "
+                                              f"{str(self.root)!r}); the run stops here",
+                               "remove or replace it, then run the same command with --resume: finished "
+                               "images are kept") from e
+        return Example(id=self.ids[i], image=image, label=self.labels[i])
 
 
 def image_folder(root: str | os.PathLike) -> ImageFolder:
@@ -146,6 +159,35 @@ def image_folder(root: str | os.PathLike) -> ImageFolder:
                          f"expected root/<class name>/<image files>")
     return ImageFolder(root=root, paths=tuple(paths), labels=tuple(labels), class_names=tuple(classes),
                        ids=tuple(p.relative_to(root).as_posix() for p in paths))
+
+
+def check_model_classes(dataset_classes: Sequence[str], model_classes: Sequence[str], *, dataset: str,
+                        model: str, name: str = "dataset") -> None:
+    """Refuse a data set whose labels are not the model's class ids.
+
+    The counts must agree, and so must the names, in order (compared case-insensitively, full name or
+    its first synonym: ``"tabby"`` matches ``"tabby, tabby cat"``). WordNet ids (``n02123045``), the
+    ImageNet folder convention, are accepted for a 1000-class model: sorted, they are the ILSVRC label
+    order. A set without class names (some tfds sets) is not checked.
+    """
+    ds, mc = [str(c) for c in dataset_classes], [str(c) for c in model_classes]
+    if not ds:
+        return
+    if len(ds) != len(mc):
+        raise ValueError(f"{name}: {dataset!r} has {len(ds)} classes ({_some(ds)}) but the model {model!r} has "
+                         f"{len(mc)} ({_some(mc)}); its labels would be scored as the model's classes. Evaluate "
+                         "the model on a data set labelled with its classes")
+    if len(mc) == 1000 and all(re.fullmatch(r"n\d{8}", c) for c in ds):
+        return
+    for i, (a, b) in enumerate(zip(ds, mc)):
+        if a.strip().lower() not in (b.strip().lower(), b.split(",")[0].strip().lower()):
+            raise ValueError(f"{name}: class {i} of {dataset!r} is {a!r} but class {i} of the model {model!r} is "
+                             f"{b!r}; the labels do not mean the model's classes. Name and order the data set's "
+                             "classes like the model's")
+
+
+def _some(names: Sequence[str]) -> str:
+    return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
 
 
 # ------------------------------------------------------------------------ tensorflow-datasets

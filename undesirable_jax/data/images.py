@@ -8,11 +8,16 @@ format. ``IMAGENET_CLASSES`` are the 1000 ILSVRC-2012 class names in label order
 
 from __future__ import annotations
 
+import io
 import os
+import struct
+import warnings
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
+
+from ..checks import BadFileError
 
 SAMPLE_IMAGES: tuple[str, ...] = (
     "chelsea", "coffee", "astronaut", "rocket", "china", "flower", "grace_hopper")
@@ -49,15 +54,77 @@ def to_rgb_uint8(image: np.ndarray, *, name: str = "image") -> np.ndarray:
     return np.ascontiguousarray(image[:, :, :3])
 
 
+#: Largest image :func:`load_image` decodes (67 megapixels, 200 MB as RGB), checked from the header.
+MAX_PIXELS = 2**26
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+_ALPHA = ("RGBA", "RGBa", "LA", "La", "PA")
+_READ_ERRORS = (OSError, SyntaxError, EOFError, ValueError, IndexError, struct.error)
+
+
 def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file with Pillow as RGB ``uint8 [H, W, 3]``."""
-    from PIL import Image
+    """Read an image file with Pillow as RGB ``uint8 [H, W, 3]``, upright and with its real colours.
+
+    - EXIF orientation is applied (the image comes out as viewers show it).
+    - 16-bit grey (``I;16``) is scaled to 8 bits, ``round(v * 255 / 65535)``.
+    - Transparent pixels (RGBA, LA, palette with transparency) are composited on white, as a
+      viewer shows them; fully opaque images keep their exact values.
+    - CMYK goes through the file's ICC profile to sRGB when it has one, else Pillow's conversion.
+    - 32-bit integer (``I``) and float (``F``) pixels have no fixed range and are refused, as are
+      images over :data:`MAX_PIXELS` and files Pillow cannot decode (empty, truncated, not an
+      image): :class:`~undesirable_jax.checks.BadFileError` names the file.
+    """
+    from PIL import Image, ImageOps
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"path: no image file at {str(path)!r}; check the path")
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > MAX_PIXELS:
+                    raise BadFileError(path, f"is {w}x{h} pixels, more than the {MAX_PIXELS:,} this package "
+                                             "decodes", "downscale or crop it first")
+                im.load()
+                ImageOps.exif_transpose(im, in_place=True)
+                return _pixels(path, im)
+    except BadFileError:
+        raise
+    except (*_READ_ERRORS, Image.DecompressionBombError) as e:
+        raise BadFileError(path, f"cannot be read as an image ({type(e).__name__}: {' '.join(str(e).split())})",
+                           "check that it is a complete image file (PNG, JPEG, ...) and re-save or "
+                           "replace it") from e
+
+
+def _pixels(path: Path, im) -> np.ndarray:
+    """A decoded Pillow image of any mode -> RGB ``uint8 [H, W, 3]`` (see :func:`load_image`)."""
+    mode = im.mode
+    if mode in _SIXTEEN_BIT:
+        v = np.asarray(im).astype(np.uint32)
+        return to_rgb_uint8(((v * 255 + 32767) // 65535).astype(np.uint8))
+    if mode in ("I", "F"):
+        kind = "32-bit integer" if mode == "I" else "floating-point"
+        raise BadFileError(path, f"holds {kind} pixels (mode {mode}), which have no fixed range",
+                           "convert it to an 8- or 16-bit image with the range you mean")
+    if mode == "CMYK" and im.info.get("icc_profile"):
+        from PIL import ImageCms
+
+        src = ImageCms.ImageCmsProfile(io.BytesIO(im.info["icc_profile"]))
+        im = ImageCms.profileToProfile(im, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+    if mode in _ALPHA or (mode == "P" and "transparency" in im.info):
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.uint8)
+        if np.all(rgba[..., 3] == 255):
+            return np.ascontiguousarray(rgba[..., :3])
+        a = rgba[..., 3:].astype(np.float32) / 255.0
+        return np.round(rgba[..., :3] * a + 255.0 * (1.0 - a)).astype(np.uint8)
+    if mode != "RGB":
+        try:
+            im = im.convert("RGB")
+        except ValueError as e:
+            raise BadFileError(path, f"has pixel mode {mode}, which cannot be converted to RGB",
+                               "save it as an RGB or greyscale PNG/JPEG") from e
+    return np.asarray(im, dtype=np.uint8).copy()
 
 
 def sample_image(name: str) -> np.ndarray:

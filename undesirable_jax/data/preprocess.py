@@ -17,6 +17,9 @@ import dataclasses
 import numpy as np
 
 _RESAMPLE = ("nearest", "bilinear", "bicubic", "box", "lanczos")
+#: Largest resized image (before the centre crop) a Preprocessor makes: 16.7 megapixels. A short
+#: side of 256 then allows aspect ratios up to 256:1; beyond, the resize alone would need gigabytes.
+MAX_RESIZED_PIXELS = 2**24
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # holds arrays: compare by identity
@@ -123,10 +126,15 @@ class Preprocessor:
         else:
             s = self.resize / min(W, H)
             Wr, Hr = max(round(W * s), w), max(round(H * s), h)
+        if Wr * Hr > MAX_RESIZED_PIXELS:
+            raise ValueError(
+                f"image: {W}x{H} pixels (aspect ratio {max(W, H) / min(W, H):.0f}:1) would be resized to "
+                f"{Wr}x{Hr} before the centre crop, more than {MAX_RESIZED_PIXELS:,} pixels; crop it to a "
+                f"less extreme aspect ratio first (at most {MAX_RESIZED_PIXELS // self.resize ** 2}:1 here)")
         if (Wr, Hr) != (W, H):
             im = im.resize((Wr, Hr), getattr(Image.Resampling, self.resample.upper()))
         top, left = (Hr - h) // 2, (Wr - w) // 2
-        x = np.asarray(im, dtype=np.float32)[top:top + h, left:left + w]
+        x = np.asarray(im.crop((left, top, left + w, top + h)), dtype=np.float32)
         x = x.reshape(h, w, -1)
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return Preprocessed(image=x.astype(np.float32), original_shape=(H, W), resized_shape=(Hr, Wr),

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import checks
 from ..classifiers import Classifier, as_classifier
 from ..engine import explain
 from ..samplers import constant
@@ -105,8 +106,7 @@ def rise(classifier: Any, image: Any, fill: Any, classes: Any, key: jax.Array, *
         raise ValueError(f"image, fill: expected two [H, W, C] arrays of one shape, got {image.shape} "
                          f"and {fill.shape}")
     for name, v in (("num_masks", num_masks), ("cells", cells), ("batch_size", batch_size)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
+        checks.positive_int(name, v)
     if not 0.0 < keep_prob < 1.0:
         raise ValueError(f"keep_prob: expected a probability in (0, 1), got {keep_prob!r}")
     classes = jnp.asarray(classes, jnp.int32).reshape(-1)

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from .. import checks
 from ..classifiers import Classifier, as_classifier
 from ..evidence import laplace, log_odds
 from .removal import mixture_probs, pixel_counts, ranks
@@ -124,8 +125,7 @@ def evaluate_maps(
     pct = np.asarray(percents, dtype=np.float64)
     if pct.ndim != 1 or pct.size == 0 or np.any(~np.isfinite(pct)) or np.any(pct <= 0) or np.any(pct > 100):
         raise ValueError(f"percents: expected a non-empty list of percentages in (0, 100], got {percents!r}")
-    if isinstance(curve_steps, bool) or not isinstance(curve_steps, (int, np.integer)) or curve_steps < 1:
-        raise ValueError(f"curve_steps: expected an int >= 1, got {curve_steps!r}")
+    checks.positive_int("curve_steps", curve_steps)
     ids = [jnp.asarray(a, jnp.int32).reshape(-1) for a in (targets, competitors, labels)]
     for name, a in zip(("targets", "competitors", "labels"), ids):
         if a.shape != (n,):

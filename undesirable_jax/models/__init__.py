@@ -7,10 +7,10 @@
 """
 
 from . import checkpoints, efficientnet, resnet, small_cnn
-from .registry import MODEL_NAMES, LoadedModel, load
+from .registry import MODEL_NAMES, LoadedModel, check_model, load
 from .checkpoints import UnsafeWeightsError, load_state_dict, read_checkpoint, save_safetensors
 
 __all__ = [
-    "LoadedModel", "MODEL_NAMES", "UnsafeWeightsError", "checkpoints", "efficientnet", "load", "load_state_dict",
+    "LoadedModel", "MODEL_NAMES", "UnsafeWeightsError", "check_model", "checkpoints", "efficientnet", "load", "load_state_dict",
     "read_checkpoint", "resnet", "save_safetensors", "small_cnn",
 ]

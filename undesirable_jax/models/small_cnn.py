@@ -20,7 +20,8 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
-from .checkpoints import load_state_dict, save_safetensors
+from ..checks import BadFileError
+from .checkpoints import check_shapes, load_state_dict, save_safetensors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,8 +101,9 @@ def load_params(dataset: str, weights: str | os.PathLike | None = None) -> dict[
     want = jax.eval_shape(lambda: SmallCNN(c.features, c.strides, c.num_classes).init(
         jax.random.key(0), jnp.zeros((1, *c.input_shape))))
     want_shapes = {k: v.shape for k, v in traverse_util.flatten_dict(want, sep="/").items()}
-    got_shapes = {k: tuple(v.shape) for k, v in flat.items()}
-    if want_shapes != got_shapes:
-        raise ValueError(f"weights: {str(path)!r} does not fit the {dataset} CNN: expected {want_shapes}, "
-                         f"got {got_shapes}")
+    check_shapes(path, f"the {dataset} CNN", want_shapes, flat)
+    extra = sorted(set(flat) - set(want_shapes))
+    if extra:
+        raise BadFileError(path, f"does not fit the {dataset} CNN: tensors {extra[:3]} are not part of it",
+                           f"pass weights saved from the {dataset} CNN")
     return variables

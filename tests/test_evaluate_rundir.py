@@ -1,0 +1,104 @@
+"""Run folders read defensively (each damaged file named with what to do) and one process per share."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from undesirable_jax.checks import BadFileError
+from undesirable_jax.evaluate import rundir
+from undesirable_jax.evaluate.runner import config_digest
+
+RECORD = {"model": "m", "window": 2, "seed": 0}
+
+
+def a_result(digest: str, image_id: str = "digits/0") -> dict:
+    keys = dict.fromkeys(rundir.RESULT_KEYS, 0)
+    return keys | {"id": image_id, "config_sha256": digest, "methods": {}}
+
+
+@pytest.mark.parametrize("content, words", [
+    ("{}", ["lacks", "'id'"]),
+    ("[]", ["holds list"]),
+    ("null", ["holds NoneType"]),
+    ('{"id": "x", "index": 3}', ["lacks", "'config_sha256'"]),
+    ('{"id": "x", "ind', ["not a readable", "JSONDecodeError"]),
+    ("", ["not a readable"]),
+    ('{"note": "a stray file"}', ["lacks"]),
+])
+def test_damaged_result_files_name_the_file_and_the_fix(content, words, tmp_path):
+    path = tmp_path / "results" / "digits_0.json"
+    path.parent.mkdir()
+    path.write_text(content)
+    with pytest.raises(BadFileError) as info:
+        rundir.read_result(path)
+    msg = str(info.value)
+    assert str(path) in msg and "--resume" in msg and "delete it" in msg
+    for w in words:
+        assert w in msg, (w, msg)
+
+
+def test_a_complete_result_reads_back(tmp_path):
+    (tmp_path / "r.json").write_text(json.dumps(a_result("abc")))
+    assert rundir.read_result(tmp_path / "r.json")["config_sha256"] == "abc"
+
+
+@pytest.mark.parametrize("content", ['{"model": "m", "win', "[1, 2]", "null", ""])
+def test_a_damaged_config_names_the_file(content, tmp_path):
+    (tmp_path / "config.json").write_text(content)
+    with pytest.raises(BadFileError, match="config.json.*delete it and run the same command with --resume"):
+        rundir.read_config(tmp_path / "config.json")
+    (tmp_path / "config.json").write_text(json.dumps(RECORD))
+    assert rundir.read_config(tmp_path / "config.json") == RECORD
+
+
+def test_a_deleted_config_is_restored_only_for_the_same_settings(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    assert rundir.restore_config(tmp_path, RECORD) is False  # nothing to restore: no results
+    (results / "a.json").write_text(json.dumps(a_result(config_digest(RECORD))))
+    assert rundir.restore_config(tmp_path, RECORD) is True
+    assert json.loads((tmp_path / "config.json").read_text()) == RECORD
+    assert rundir.restore_config(tmp_path, RECORD) is False  # it exists now
+    (tmp_path / "config.json").unlink()
+    other = RECORD | {"window": 3}
+    with pytest.raises(ValueError, match=r"no config.json, and 1 of its 1 results \(e.g. a.json\).*move"):
+        rundir.restore_config(tmp_path, other)
+    assert not (tmp_path / "config.json").exists()
+    (results / "stray.json").write_text("[]")
+    with pytest.raises(BadFileError, match="stray.json"):
+        rundir.restore_config(tmp_path, RECORD)
+
+
+def test_a_second_process_on_the_same_share_is_refused(tmp_path):
+    with rundir.RunLock(tmp_path, 0, 1) as lock:
+        assert lock.path.exists()
+        with pytest.raises(ValueError, match=f"process {os.getpid()}.*--process-index/--process-count.*delete"):
+            with rundir.RunLock(tmp_path, 0, 1):
+                pass
+        with rundir.RunLock(tmp_path, 1, 2), rundir.RunLock(tmp_path, 0, 2):  # other shares run side by side
+            pass
+    assert not lock.path.exists()
+    with rundir.RunLock(tmp_path, 0, 1):  # free again
+        pass
+
+
+def test_a_stale_lock_is_taken_over_and_a_foreign_host_is_respected(tmp_path):
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)
+    lock = tmp_path / ".lock-0-of-1"
+    lock.write_text(json.dumps({"pid": dead_pid, "host": socket.gethostname(), "since": 0}))
+    with rundir.RunLock(tmp_path):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    lock.write_text("")  # a crash between creating and writing the lock
+    with rundir.RunLock(tmp_path):
+        pass
+    lock.write_text(json.dumps({"pid": dead_pid, "host": "another-host", "since": 0}))
+    with pytest.raises(ValueError, match="'another-host'"):
+        with rundir.RunLock(tmp_path):
+            pass
