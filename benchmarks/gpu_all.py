@@ -125,6 +125,7 @@ class Run:
     engine: dict = dataclasses.field(default_factory=dict)        # (dtype, sampler) -> measured row dict
     variables: Any = None
     weights: str = ""
+    partial: tuple | None = None   # (headers, rows so far) of the running part, kept if it is interrupted
 
     def left(self) -> float:
         return self.s.budget - (time.perf_counter() - self.t0)
@@ -314,7 +315,10 @@ def part_engine(run: Run, dtype: str) -> tuple[list, list, str]:
     image = test_image(run)
     chunk = run.chunk.get(dtype) or run.s.batches[0]
     tol = 1e-2 if dtype == "bfloat16" else 1e-3
-    rows = []
+    headers = ["dtype", "sampler", "chunk", "chunks timed", "rel. check vs hand-built", "check+compile s",
+               "raw img/s", "engine img/s", "engine ÷ raw", f"≥{TARGET_RAW}", "s / image (extrapolated)"]
+    rows: list = []
+    run.partial = (headers, rows)
     for name in SAMPLERS:
         sampler = make_sampler(name, image, run.key(4), run.s.window)
         c = make_chunks(run, clf, image, sampler, chunk)
@@ -327,8 +331,6 @@ def part_engine(run: Run, dtype: str) -> tuple[list, list, str]:
         rows.append([dtype, name, r["chunk"], r["chunks_timed"], f"{err:.1e} {'ok' if r['ok'] else 'FAIL'}",
                      first, r["raw_rate"], r["engine_rate"], r["ratio"],
                      "met" if r["ratio"] >= TARGET_RAW else "MISSED", r["image_s"]])
-    headers = ["dtype", "sampler", "chunk", "chunks timed", "rel. check vs hand-built", "check+compile s",
-               "raw img/s", "engine img/s", "engine ÷ raw", f"≥{TARGET_RAW}", "s / image (extrapolated)"]
     notes = (f"ResNet-50 ({run.weights}), {run.s.size}², window {run.s.window}, stride 1, S={run.s.samples}: "
              f"{total_pairs(run):,} passes per image. Engine: the jitted step of `explain` on chunks spread over "
              f"the image; raw: as many batches of the chunk size; interleaved, best of {run.s.rounds}. "
@@ -526,7 +528,10 @@ def part_efficientnet(run: Run) -> tuple[list, list, str]:
     loaded = models.load("efficientnet_lite0")
     image = test_image(run)
     chunk = max(run.s.batches)
-    rows = []
+    headers = ["dtype", "chunk", "rel. check vs hand-built", "check+compile s", "raw img/s", "engine img/s",
+               "engine ÷ raw", f"≥{TARGET_RAW}", "s / image (extrapolated)"]
+    rows: list = []
+    run.partial = (headers, rows)
     for dtype in ("bfloat16", "float32"):
         clf = cast_classifier(loaded.classifier, dtype)
         c = make_chunks(run, clf, image, uj.samplers.constant(0.0), chunk)
@@ -537,8 +542,6 @@ def part_efficientnet(run: Run) -> tuple[list, list, str]:
         ok = err <= (1e-2 if dtype == "bfloat16" else 1e-3)
         rows.append([dtype, c.chunk, f"{err:.1e} {'ok' if ok else 'FAIL'}", first, r["raw_rate"], r["engine_rate"], r["ratio"],
                      "met" if r["ratio"] >= TARGET_RAW else "MISSED", r["image_s"]])
-    headers = ["dtype", "chunk", "rel. check vs hand-built", "check+compile s", "raw img/s", "engine img/s",
-               "engine ÷ raw", f"≥{TARGET_RAW}", "s / image (extrapolated)"]
     return headers, rows, (f"EfficientNet-Lite0 ({loaded.weights}), {run.s.size}², window {run.s.window}, "
                            f"stride 1, S={run.s.samples}, constant fill.")
 
@@ -589,9 +592,12 @@ def run_part(run: Run, name: str) -> None:
             rec.update(status="done", headers=headers, rows=_jsonable(rows), notes=notes)
         except Exception as e:  # a failing part is reported; the next one runs  # noqa: BLE001
             rec.update(status=f"failed: {type(e).__name__}: {str(e)[:1500]}", traceback=traceback.format_exc()[-4000:])
+            if run.partial and run.partial[1]:
+                rec.update(headers=run.partial[0], rows=_jsonable(run.partial[1]), notes="(rows finished before it stopped)")
         finally:
             signal.alarm(0)
             signal.signal(signal.SIGALRM, old)
+            run.partial = None
         rec["seconds"] = time.perf_counter() - t0
     run.parts[name] = rec
     print(render_part(name, rec), flush=True)
@@ -614,9 +620,8 @@ def _jsonable(rows: list) -> list:
 
 def render_part(name: str, rec: dict) -> str:
     head = f"### {name}: {rec['status']}" + (f" ({rec['seconds']:.1f} s, plan {rec['plan_s']} s)" if "seconds" in rec else "")
-    if rec.get("rows"):
-        return f"{head}\n\n{table(rec['headers'], rec['rows'])}\n\n{rec.get('notes', '')}\n"
-    return head + ("\n\n```\n" + rec["traceback"] + "```\n" if "traceback" in rec else "\n")
+    body = f"\n\n{table(rec['headers'], rec['rows'])}\n\n{rec.get('notes', '')}\n" if rec.get("rows") else "\n"
+    return head + body + ("\n```\n" + rec["traceback"] + "```\n" if "traceback" in rec else "")
 
 
 def summary_rows(run: Run) -> list[list[Any]]:
