@@ -284,6 +284,29 @@ def test_explain_compiles_once_is_deterministic_and_chunk_invariant():
     assert not np.allclose(np.asarray(other.window_probs), np.asarray(e7.window_probs))
 
 
+@pytest.mark.parametrize("per_channel", [True, False], ids=["per_channel", "joint"])
+def test_every_batching_gives_the_engine_the_same_windows(per_channel):
+    """The accelerator form (gathered class matrices) forced on this CPU: the engine's window
+    probabilities equal the CPU loop's, and both equal the classifier on hand-built fills."""
+    from undesirable_jax.benchmark import check_engine
+
+    s = _fitted_small(per_channel=per_channel)
+    image = ndimage.gaussian_filter(np.random.default_rng(5).normal(size=(14, 15, 3)), (1.5, 1.5, 0))
+    image = jnp.asarray(image, jnp.float32)
+    clf = _linear_classifier(14, 15, 3)
+    kw = dict(window=4, stride=1, num_samples=3, chunk_size=32)
+    probs = {}
+    for batching in cg.BATCHING:
+        sb = s.replace(batching=batching)
+        probs[batching] = np.asarray(uj.explain(clf, image, sampler=sb, key=jax.random.key(2), **kw).window_probs)
+        err = check_engine(clf, image, sb, key=jax.random.key(2), **kw)
+        assert err < 1e-5, (batching, err)
+    for batching in ("gathered", "looped"):
+        np.testing.assert_allclose(probs[batching], probs["auto"], rtol=1e-5, atol=1e-7, err_msg=batching)
+    with pytest.raises(ValueError, match="batching"):
+        uj.explain(clf, image, sampler=s.replace(batching="fast"), key=jax.random.key(2), **kw)
+
+
 def test_save_load_round_trip_and_mismatch_errors(tmp_path):
     for per_channel in (True, False):
         s = _fitted_small(per_channel=per_channel)

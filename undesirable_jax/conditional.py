@@ -13,7 +13,9 @@ offset ``o ∈ {0, …, 2·padding}`` inside its patch (``padding`` in the inter
 with numpy) when the sampler is built. Sampling inside the engine's jitted step is then, per window,
 ``bias[c] + W[c]·x₂ + L[c]·z`` for its class ``c``: under ``vmap`` a batched matrix–vector product
 (gathered class matrices on accelerators, a loop reading them in place on CPU, where copying them per
-window was 9× slower; see :func:`class_affine`). An image shorter than ``l`` along an
+window was 9× slower; see :func:`class_affine`; the sampler's ``batching`` field can force either form,
+e.g. to test the accelerator form on a CPU). The products run at full float32 precision on every
+platform (GPUs would otherwise use TF32, about three significant digits). An image shorter than ``l`` along an
 axis is zero-padded to ``l`` in :meth:`ConditionalGaussian.prepare`; the padded pixels get zero
 weight (their classes are recomputed for that image size, marginalising them out of the Gaussian).
 
@@ -67,6 +69,9 @@ class ConditionalGaussian:
     channel). ``lo``/``hi`` [C]: the range of pixel values per channel in the fitting images; samples
     are clipped to it. The ``cond_*`` arrays are the :class:`ConditionalState` class arrays for an
     image at least ``l`` pixels high and wide (every class observes ``l² − k²`` pixels).
+    ``batching``: how a batch of windows is sampled under ``vmap`` (see :func:`class_affine`): ``"auto"``
+    (the platform's faster form), ``"gathered"`` or ``"looped"``; same results, not saved with the sampler.
+    Change it with ``sampler.replace(batching="gathered")``.
     """
 
     mean: jnp.ndarray
@@ -82,6 +87,7 @@ class ConditionalGaussian:
     per_channel: bool = struct.field(pytree_node=False)
     channels: int = struct.field(pytree_node=False)
     preprocessing: str = struct.field(pytree_node=False, default="")
+    batching: str = struct.field(pytree_node=False, default="auto")
 
     @property
     def size(self) -> int:
@@ -131,14 +137,15 @@ class ConditionalGaussian:
         """Conditional mean ``[G, n_in]`` and Cholesky factor ``[G, n_in, n_in]`` of the window at (y, x)."""
         cls, v = self._observed(state, y, x)
         z = jnp.zeros(state.bias.shape[1:], state.bias.dtype)
-        return class_affine(state.bias, state.weight, state.chol, cls, v, z), state.chol[cls]
+        mean = class_affine(state.bias, state.weight, state.chol, cls, v, z, batching=self.batching)
+        return mean, state.chol[cls]
 
     def fill(self, state: ConditionalState, image: jnp.ndarray, window: int, key: jax.Array,
              y: jnp.ndarray, x: jnp.ndarray, sample: jnp.ndarray) -> jnp.ndarray:
         """One draw of the window's pixels ``[window, window, C]`` given its ring, clipped to [lo, hi]."""
         cls, v = self._observed(state, y, x)
         z = jax.random.normal(key, state.bias.shape[1:], state.bias.dtype)
-        draw = class_affine(state.bias, state.weight, state.chol, cls, v, z)
+        draw = class_affine(state.bias, state.weight, state.chol, cls, v, z, batching=self.batching)
         c = self.channels
         block = draw.T.reshape(window, window, c) if self.per_channel else draw.reshape(window, window, c)
         return jnp.clip(block, self.lo, self.hi).astype(image.dtype)
@@ -299,29 +306,53 @@ def class_matrices(mean: np.ndarray, cov: np.ndarray, *, window: int, padding: i
             "chol": out_l.astype(np.float32)}
 
 
-@custom_batching.custom_vmap
+BATCHING = ("auto", "gathered", "looped")
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
 def class_affine(bias: jnp.ndarray, weight: jnp.ndarray, chol: jnp.ndarray, cls: jnp.ndarray,
-                 v: jnp.ndarray, z: jnp.ndarray) -> jnp.ndarray:
+                 v: jnp.ndarray, z: jnp.ndarray, *, batching: str = "auto") -> jnp.ndarray:
     """``bias[cls] + weight[cls] @ v + chol[cls] @ z`` per group: one window's conditional draw ``[G, n_in]``.
 
-    Under ``vmap`` over windows (how the engine calls ``fill``) the batching rule picks, per platform,
-    the faster of two equal computations: :func:`affine_looped` on CPU, :func:`affine_gathered` elsewhere.
+    Under ``vmap`` over windows (how the engine calls ``fill``) a batching rule computes the batch in
+    one of two equal ways: ``batching="auto"`` picks per platform, :func:`affine_looped` on CPU and
+    :func:`affine_gathered` elsewhere; ``"gathered"`` or ``"looped"`` force one on every platform.
     """
-    return _affine_one(bias, weight, chol, cls, v, z)
+    if batching not in _AFFINE:
+        raise ValueError(f"batching: expected one of {BATCHING}, got {batching!r}")
+    return _AFFINE[batching](bias, weight, chol, cls, v, z)
 
 
 def _affine_one(bias, weight, chol, cls, v, z):
-    return bias[cls] + jnp.einsum("gio,go->gi", weight[cls], v) + jnp.einsum("gij,gj->gi", chol[cls], z)
+    return (bias[cls] + jnp.einsum("gio,go->gi", weight[cls], v, precision=_HIGHEST)
+            + jnp.einsum("gij,gj->gi", chol[cls], z, precision=_HIGHEST))
 
 
-@class_affine.def_vmap
-def _class_affine_vmap(axis_size, in_batched, bias, weight, chol, cls, v, z):
-    if any(in_batched[:3]):  # class tables batched too (e.g. a vmap over samplers): plain vmap
-        axes = tuple(0 if b else None for b in in_batched)
-        return jax.vmap(_affine_one, in_axes=axes)(bias, weight, chol, cls, v, z), True
-    cls, v, z = (a if b else jnp.broadcast_to(a, (axis_size,) + a.shape) for a, b in zip((cls, v, z), in_batched[3:]))
-    out = jax.lax.platform_dependent(bias, weight, chol, cls, v, z, cpu=affine_looped, default=affine_gathered)
-    return out, True
+def _batched_affine(batching: str):
+    """``_affine_one`` with a ``vmap`` rule that computes a batch of windows the ``batching`` way."""
+
+    @custom_batching.custom_vmap
+    def affine(bias, weight, chol, cls, v, z):
+        return _affine_one(bias, weight, chol, cls, v, z)
+
+    @affine.def_vmap
+    def rule(axis_size, in_batched, bias, weight, chol, cls, v, z):
+        if any(in_batched[:3]):  # class tables batched too (e.g. a vmap over samplers): plain vmap
+            axes = tuple(0 if b else None for b in in_batched)
+            return jax.vmap(_affine_one, in_axes=axes)(bias, weight, chol, cls, v, z), True
+        cls, v, z = (a if b else jnp.broadcast_to(a, (axis_size,) + a.shape)
+                     for a, b in zip((cls, v, z), in_batched[3:]))
+        if batching == "auto":
+            out = jax.lax.platform_dependent(bias, weight, chol, cls, v, z, cpu=affine_looped,
+                                             default=affine_gathered)
+        else:
+            out = {"gathered": affine_gathered, "looped": affine_looped}[batching](bias, weight, chol, cls, v, z)
+        return out, True
+
+    return affine
+
+
+_AFFINE = {b: _batched_affine(b) for b in BATCHING}
 
 
 def affine_gathered(bias, weight, chol, cls, v, z):
@@ -330,8 +361,8 @@ def affine_gathered(bias, weight, chol, cls, v, z):
     ``cls`` [P], ``v`` [P, G, n_obs·c], ``z`` [P, G, n_in] → [P, G, n_in]. On CPU it is memory-bound:
     the gathered copies (P × the class matrices, 60 MB for 256 windows of 10×10×3) dominate.
     """
-    return (bias[cls] + jnp.einsum("pgio,pgo->pgi", weight[cls], v)
-            + jnp.einsum("pgij,pgj->pgi", chol[cls], z))
+    return (bias[cls] + jnp.einsum("pgio,pgo->pgi", weight[cls], v, precision=_HIGHEST)
+            + jnp.einsum("pgij,pgj->pgi", chol[cls], z, precision=_HIGHEST))
 
 
 def affine_looped(bias, weight, chol, cls, v, z):
