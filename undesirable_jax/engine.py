@@ -117,7 +117,9 @@ def explain(
     key = _check_key(key)
 
     base = _base_probs(clf, img)
-    if not bool(jnp.all(jnp.isfinite(base))):
+    finite = bool(jnp.all(jnp.isfinite(base)))
+    clf.raise_host_error()  # a black box's own error, kept by its host callback, comes first
+    if not finite:
         raise ValueError("classifier: returned NaN or inf on the image; check the model and preprocessing")
     num_classes = int(base.shape[-1])
     rows = _check_classes(classes, num_classes)
@@ -132,7 +134,9 @@ def explain(
     for start in tqdm(starts, desc="windows", unit="chunk", disable=not progress):
         acc, bad = _step(clf, sampler, state, img, key, ys, xs, rows, jnp.int32(start), acc, bad,
                          window=window, num_samples=num_samples, chunk=chunk, mesh=mesh)
-    if bool(jnp.any(bad)):
+    any_bad = bool(jnp.any(bad))
+    clf.raise_host_error()
+    if any_bad:
         raise ValueError("classifier: returned NaN or inf on a perturbed image; check the model and "
                          "that the sampler's fills lie in the input range it expects")
 
