@@ -283,3 +283,71 @@ def test_four_devices_equal_one(tmp_path):
     assert len(errs) == 6 and max(errs.values()) < 1e-6, errs
     assert out["error"].startswith("black box 'boom' raised ZeroDivisionError"), out["error"]
     assert "INTERNAL" not in proc.stderr and "callback" not in proc.stderr, proc.stderr[-2000:]
+
+
+# ---------------------------------------------------------------------------------------- CLI
+
+CLI_ARGS = ["explain", "chelsea", "--input-size", "8", "--window", "4", "--stride", "4", "--sampler", "constant",
+            "--top-k", "2", "--no-progress"]
+
+
+def test_cli_explains_with_an_onnx_file(setup, tmp_path, capsys):
+    from undesirable_jax import cli
+
+    p = setup[0]
+    path = onnx_file(p, tmp_path / "twin.onnx")
+    names = tmp_path / "names.txt"
+    names.write_text("ant\nbee\ncat\ndog\neel\n")
+    code = cli.main(CLI_ARGS[:2] + ["--model", str(path), "--class-names", str(names), "--out-dir", str(tmp_path)]
+                    + CLI_ARGS[4:])  # the graph declares 8×8×3: no --input-size needed
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "twin on chelsea: top classes" in out and any(n in out for n in ("ant", "bee", "cat", "dog", "eel"))
+    saved = np.load(tmp_path / "chelsea-twin.npz")
+    twin = uj.from_function(jax_net, jax.tree.map(jnp.asarray, p))
+    np.testing.assert_allclose(saved["probs"], twin.probs(jnp.asarray(saved["image"])[None])[0], atol=1e-6)
+    assert saved["window_probs"].shape == (K, 2, 2)
+
+    names.write_text("ant\nbee\n")
+    code = cli.main(CLI_ARGS[:2] + ["--model", str(path), "--class-names", str(names), "--out-dir", str(tmp_path)]
+                    + CLI_ARGS[4:])
+    err = capsys.readouterr().err
+    assert code == 2 and "--class-names" in err and "K = 5" in err and len(err.strip().splitlines()) == 1
+
+
+MODULE = """
+import torch
+
+
+def build():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                               torch.nn.Linear(4 * 8 * 8, 5))
+"""
+
+
+def test_cli_explains_with_a_torch_function(tmp_path, capsys, monkeypatch):
+    from undesirable_jax import cli
+
+    (tmp_path / "my_torch_model.py").write_text(MODULE)
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(CLI_ARGS + ["--model", "torch:my_torch_model:build", "--mean", "127", "127", "127",
+                                "--std", "64", "64", "64", "--out-dir", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "class_" in out
+    saved = np.load(next(tmp_path.glob("chelsea-*.npz")))
+    x = saved["image"]
+    raw = uj.data.sample_image("chelsea")
+    np.testing.assert_allclose(x, uj.data.Preprocessor(size=(8, 8), resize=None, mean=(127.0,) * 3,
+                                                       std=(64.0,) * 3, resample="bilinear")(raw).image)
+    sys.modules.pop("my_torch_model", None)
+    import my_torch_model
+
+    with torch.inference_mode():
+        want = torch.softmax(my_torch_model.build()(torch.from_numpy(x.transpose(2, 0, 1)[None].copy())), -1)
+    np.testing.assert_allclose(saved["probs"], want.numpy()[0], atol=1e-6)
+
+    code = cli.main(["explain", "--model", "digits_cnn", "--class-names", "x.txt", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--class-names: only for --model *.onnx or torch:MODULE:FUNCTION" in err
