@@ -130,6 +130,27 @@ def test_chunk_and_batch_size_do_not_change_the_result(setup, box):
         np.testing.assert_allclose(run(small, image, sampler).window_probs, base.window_probs, atol=2e-6)
 
 
+def test_torch_dlpack_hand_over_equals_the_twin(setup):
+    """transfer="dlpack": torch reads JAX's buffer and writes JAX's output (here both on CPU)."""
+    p, image, _, _ = setup
+    twin = uj.from_function(jax_net, jax.tree.map(jnp.asarray, p))
+    clf = uj.from_torch(torch_net(p), transfer="dlpack", batch_size=4)
+    s = samplers.constant(0.5)
+    err = np.abs(np.asarray(run(clf, image, s, chunk=10).window_probs) - np.asarray(run(twin, image, s).window_probs))
+    assert err.max() <= 1e-5
+
+    class Picky(torch.nn.Module):
+        def forward(self, x):
+            if bool((x == 7.0).any()):
+                raise RuntimeError("pixel value 7 is out of range")
+            return torch_net(p)(x)
+
+    with pytest.raises(ValueError, match=r"black box 'Picky' raised RuntimeError: pixel value 7 is out of range"):
+        run(uj.from_torch(Picky(), transfer="dlpack"), image, samplers.constant(7.0), chunk=10)
+    with pytest.raises(ValueError, match="transfer"):
+        uj.from_torch(torch_net(p), transfer="zero-copy")
+
+
 def test_onnx_fixed_batch_and_declared_facts(setup, tmp_path):
     p, image, _, _ = setup
     fixed = uj.from_onnx(onnx_file(p, tmp_path / "b1.onnx", batch=4))  # exactly 4 images a call

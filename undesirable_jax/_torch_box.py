@@ -9,6 +9,7 @@ DLPack, the module runs on JAX's CUDA stream, and its output is written into JAX
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import jax
@@ -16,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .black_boxes import BlackBoxError, HostFunction, host_classifier
+
+_TRANSFERS = ("auto", "host", "dlpack")
 
 
 def _import_torch():
@@ -45,10 +48,32 @@ class TorchForward:
 
 
 class TorchDevice(HostFunction):
-    """A :class:`HostFunction` that, when JAX runs on a CUDA GPU, hands buffers over by DLPack."""
+    """A :class:`HostFunction` that can hand JAX's buffers to torch by DLPack instead of NumPy.
+
+    ``transfer``: "host" (``pure_callback``, a NumPy copy), "dlpack" (``buffer_callback``: torch
+    reads JAX's input buffer and writes JAX's output buffer, on JAX's CUDA stream on a GPU; JAX and
+    torch must be on the same kind of device) or "auto" (dlpack when JAX runs on a GPU and the module
+    on a CUDA device, host otherwise).
+    """
+
+    def __init__(self, fn: TorchForward, *, transfer: str, **kwargs: Any):
+        if transfer not in _TRANSFERS:
+            raise ValueError(f"transfer: expected one of {_TRANSFERS}, got {transfer!r}")
+        super().__init__(fn, **kwargs)
+        self.transfer = transfer
+
+    def dlpack(self) -> bool:
+        """Whether this trace hands buffers over by DLPack (checked against JAX's backend)."""
+        backend, torch_kind = jax.default_backend(), self.fn.device.type
+        if self.transfer == "auto":
+            return backend == "gpu" and torch_kind == "cuda"
+        if self.transfer == "dlpack" and (backend == "gpu") != (torch_kind == "cuda"):
+            raise ValueError(f'transfer="dlpack": JAX runs on {backend} but the module on {torch_kind}; move the '
+                             'module (device=...) or use transfer="host"')
+        return self.transfer == "dlpack"
 
     def __call__(self, images: jnp.ndarray) -> jnp.ndarray:
-        if jax.default_backend() != "gpu" or self.fn.device.type != "cuda":
+        if not self.dlpack():
             return super().__call__(images)
         from jax.experimental.buffer_callback import buffer_callback
 
@@ -62,11 +87,11 @@ class TorchDevice(HostFunction):
         return buffer_callback(self.device_host, out, vmap_method="broadcast_all")(x).reshape(*lead, k)
 
     def device_host(self, ctx: Any, out: Any, x: Any) -> None:
-        """The GPU callback: torch reads ``x`` and writes ``out`` in place, on JAX's stream."""
-        forward: TorchForward = self.fn
-        torch = forward.torch
-        stream = torch.cuda.ExternalStream(ctx.stream, device=forward.device)
-        with torch.cuda.stream(stream):
+        """The buffer callback: torch reads ``x`` and writes ``out`` in place (on JAX's CUDA stream)."""
+        torch = self.fn.torch
+        cuda = self.fn.device.type == "cuda"
+        stream = torch.cuda.ExternalStream(ctx.stream, device=self.fn.device) if cuda else None
+        with torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
             xt, ot = torch.from_dlpack(x), torch.from_dlpack(out)
             with self._lock:
                 if self._error is None:
@@ -104,7 +129,7 @@ class TorchDevice(HostFunction):
 
 
 def torch_classifier(module: Any, *, device: Any, input_layout: str, outputs: str, batch_size: int | None,
-                     name: str | None) -> Any:
+                     name: str | None, transfer: str = "auto") -> Any:
     """See :func:`undesirable_jax.from_torch`."""
     torch = _import_torch()
     if not isinstance(module, torch.nn.Module):
@@ -120,5 +145,6 @@ def torch_classifier(module: Any, *, device: Any, input_layout: str, outputs: st
         module.to(device)
     module.eval()
     label = name if name is not None else type(module).__name__
-    host = TorchDevice(TorchForward(module, device), name=label, batch_size=batch_size, layout=input_layout)
+    host = TorchDevice(TorchForward(module, device), transfer=transfer, name=label, batch_size=batch_size,
+                       layout=input_layout)
     return host_classifier(host, outputs)

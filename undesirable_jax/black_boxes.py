@@ -173,18 +173,19 @@ def host_classifier(host: HostFunction, outputs: str) -> Classifier:
 
 
 def from_torch(module: Any, *, device: Any = None, input_layout: str = "NCHW", outputs: str = "logits",
-               batch_size: int | None = None, name: str | None = None) -> Classifier:
+               batch_size: int | None = None, name: str | None = None, transfer: str = "auto") -> Classifier:
     """A ``torch.nn.Module`` as a classifier (set to eval mode, run under ``torch.inference_mode()``).
 
     ``device``: where the module runs (it is moved there); None keeps the module's own device.
     ``input_layout``: "NCHW" (PyTorch's convention; the batch is transposed on the JAX device) or
-    "NHWC". When JAX and PyTorch share a CUDA GPU the batch is handed over by DLPack on the device,
-    otherwise through host memory. Needs the ``torch`` extra: ``pip install undesirable-jax[torch]``.
+    "NHWC". ``transfer``: "auto" hands the batch over by DLPack on the device when JAX and PyTorch
+    share a CUDA GPU, through host memory otherwise; "dlpack" or "host" say which (DLPack also works
+    with both on CPU). Needs the ``torch`` extra: ``pip install undesirable-jax[torch]``.
     """
     from ._torch_box import torch_classifier
 
     return torch_classifier(module, device=device, input_layout=input_layout, outputs=outputs,
-                            batch_size=batch_size, name=name)
+                            batch_size=batch_size, name=name, transfer=transfer)
 
 
 def from_onnx(path: Any, *, providers: Any = None, input_layout: str | None = None, outputs: str = "logits",
