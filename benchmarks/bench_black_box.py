@@ -25,6 +25,7 @@ runs (auto: cuda when available); on a GPU JAX must run there too for the DLPack
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -43,13 +44,16 @@ from bench_captum import torch_resnet
 OVERHEAD_TARGET, CAPTUM_TARGET = 0.9, 1.0
 
 
-def import_torch():
-    """``(torch, captum.attr)`` or exit with the install command."""
+def import_torch(captum: bool):
+    """``(torch, captum.attr or None)`` or exit with the install command (captum only for ``--parts captum``)."""
     try:
         import torch
-        from captum import attr
+        attr = None
+        if captum:
+            from captum import attr
     except ImportError as e:
-        raise SystemExit(f"bench_black_box needs torch and captum ({e}).\n{TORCH_HINT}\n(or: pip install -e '.[bench]')")
+        raise SystemExit(f"bench_black_box needs torch{' and captum' if captum else ''} ({e}).\n{TORCH_HINT}\n"
+                         "(or: pip install -e '.[bench]')")
     return torch, attr
 
 
@@ -110,10 +114,13 @@ def overhead_rows(args, torch, device) -> list[list[Any]]:
         sync(torch, device)
         return out
 
+    boxes = [(f"black_box(NumPy MLP {size * size * 3}-{args.hidden}-10)", uj.black_box(mlp, num_classes=10), raw_numpy),
+             (f"from_torch(CNN 16-32-64, {device.type}, transfer=host)", uj.from_torch(cnn, transfer="host"), raw_torch)]
+    if (jax.default_backend() == "gpu") == (device.type == "cuda"):  # DLPack needs both on the same kind
+        boxes.append((f"from_torch(CNN 16-32-64, {device.type}, transfer=dlpack)", uj.from_torch(cnn, transfer="dlpack"),
+                      raw_torch))
     rows = []
-    for desc, clf, raw in [(f"black_box(NumPy MLP {size * size * 3}-{args.hidden}-10)",
-                            uj.black_box(mlp, num_classes=10), raw_numpy),
-                           (f"from_torch(CNN 16-32-64, {device.type})", uj.from_torch(cnn), raw_torch)]:
+    for desc, clf, raw in boxes:
         def engine(clf=clf):
             return uj.explain(clf, image, window=window, stride=stride, sampler=uj.samplers.marginal(batch[:8]),
                               num_samples=args.samples, key=jax.random.key(0), chunk_size=chunk)
@@ -194,9 +201,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.smoke:
         args.size, args.window, args.stride, args.classes, args.chunk = 64, 16, 16, 1000, 16
         args.small_size, args.small_chunk, args.samples, args.rounds, args.no_append = 16, 32, 2, 1, True
-    torch, captum_attr = import_torch()
+    torch, captum_attr = import_torch("captum" in args.parts)
     want = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
     device = torch.device(want)
+    if device.type == "cuda":
+        # JAX must not take 75 % of the GPU up front when torch shares it (read when JAX's backend starts),
+        # and float32 means float32 (TF32 convolutions would differ by more than the 1e-5 check).
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     if device.type == "cuda" and jax.default_backend() != "gpu":
         print(f"note: JAX runs on {jax.default_backend()}, so batches reach torch through host memory, not DLPack")
     notes = (f"Best of {args.rounds} interleaved rounds ({load_note()} at the end); torch threads "

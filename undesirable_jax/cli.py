@@ -3,6 +3,7 @@
     undesirable-jax explain                      # the embedded default: EfficientNet-Lite0 on a cat
     undesirable-jax explain photo.jpg --window 16 --stride 8 --sampler conditional
     undesirable-jax explain 0.png --model mypkg.models:load --weights my.safetensors
+    undesirable-jax explain photo.jpg --model resnet.onnx --class-names classes.txt --window 16 --stride 8
     undesirable-jax evaluate --dataset digits --model digits_cnn --limit 50 --out runs/digits
     undesirable-jax benchmark --model lfw_cnn
 
@@ -10,7 +11,8 @@ Bad input (a missing file, an unknown model, a window larger than the image, …
 ``error:`` message and exit code 2; ``--traceback`` shows the full Python traceback instead.
 A user model ``module:function`` is imported (the current directory is searched first) and called as
 ``function()`` or ``function(weights)``; it must return a :class:`undesirable_jax.models.LoadedModel`
-(classifier, class names, input shape, preprocessing).
+(classifier, class names, input shape, preprocessing). An ONNX file or ``torch:module:function``
+(returning a ``torch.nn.Module``) runs as a black box; see :mod:`undesirable_jax.models.external`.
 """
 
 from __future__ import annotations
