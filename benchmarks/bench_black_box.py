@@ -221,30 +221,50 @@ def main(argv: list[str] | None = None) -> None:
     torch, captum_attr = import_torch("captum" in args.parts)
     want = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
     device = torch.device(want)
+    tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     if device.type == "cuda":
         # JAX must not take 75 % of the GPU up front when torch shares it (read when JAX's backend starts),
         # and float32 means float32 (TF32 convolutions would differ by more than the 1e-5 check).
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        run_parts(args, torch, captum_attr, device)
+    finally:  # gpu_all.py runs the benchmarks in one process: leave torch as it was
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def run_parts(args, torch, captum_attr, device) -> None:
+    """Each part's table; an error in one ends the script as a SystemExit naming the part (its
+    traceback printed), so that gpu_all.py records it and goes on with the other benchmarks."""
+    import traceback
+
     if device.type == "cuda" and jax.default_backend() != "gpu":
         print(f"note: JAX runs on {jax.default_backend()}, so batches reach torch through host memory, not DLPack")
     notes = (f"Best of {args.rounds} interleaved rounds ({load_note()} at the end); torch threads "
              f"{torch.get_num_threads()}, torch device {device}, JAX backend {jax.default_backend()}.")
     versions = ("torch", "captum")
-    if "overhead" in args.parts:
-        rows = overhead_rows(args, torch, device)
-        headers = ["host function", "image", "pairs", "chunk", "own img/s", "engine img/s", "engine ÷ own (wall)",
-                   "engine ÷ own (CPU)", f"≥ {OVERHEAD_TARGET} wall"]
-        report(f"bench_black_box: engine with a host black box ÷ the function's own batched rate "
-               f"(window {args.small_window}, stride {args.small_stride}, marginal ×{args.samples})",
-               table(headers, rows), append=not args.no_append, extra_versions=versions, notes=notes)
-    if "captum" in args.parts:
-        rows = captum_rows(args, torch, captum_attr, device)
-        headers = ["model", "windows", "chunk = ppe", "classes (ours)", "attribution Δ vs Captum", "Captum s (1 class)",
-                   "ours s (all classes)", "Captum ÷ ours (wall)", "Captum ÷ ours (CPU)", f"≥ {CAPTUM_TARGET} wall"]
-        report(f"bench_black_box: from_torch ResNet-18 vs Captum Occlusion (window {args.window}, stride "
-               f"{args.stride}, constant 0, S=1)", table(headers, rows), append=not args.no_append,
-               extra_versions=versions, notes=notes)
+    parts = {"overhead": (overhead_rows, (torch, device)), "captum": (captum_rows, (torch, captum_attr, device))}
+    for part in args.parts:
+        if part not in parts:
+            raise SystemExit(f"--parts: unknown part {part!r}; use overhead and/or captum")
+        fn, extra = parts[part]
+        try:
+            rows = fn(args, *extra)
+        except Exception as e:  # noqa: BLE001 - reported with its traceback, then a SystemExit
+            traceback.print_exc()
+            raise SystemExit(f"bench_black_box {part}: {type(e).__name__}: {e}") from e
+        if part == "overhead":
+            headers = ["host function", "image", "pairs", "chunk", "own img/s", "engine img/s", "engine ÷ own (wall)",
+                       "engine ÷ own (CPU)", f"≥ {OVERHEAD_TARGET} wall"]
+            title = (f"bench_black_box: engine with a host black box ÷ the function's own batched rate "
+                     f"(window {args.small_window}, stride {args.small_stride}, marginal ×{args.samples})")
+        else:
+            headers = ["model", "windows", "chunk = ppe", "classes (ours)", "attribution Δ vs Captum",
+                       "Captum s (1 class)", "ours s (all classes)", "Captum ÷ ours (wall)", "Captum ÷ ours (CPU)",
+                       f"≥ {CAPTUM_TARGET} wall"]
+            title = (f"bench_black_box: from_torch ResNet-18 vs Captum Occlusion (window {args.window}, stride "
+                     f"{args.stride}, constant 0, S=1)")
+        report(title, table(headers, rows), append=not args.no_append, extra_versions=versions, notes=notes)
 
 
 if __name__ == "__main__":
