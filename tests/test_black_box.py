@@ -372,3 +372,22 @@ def test_cli_explains_with_a_torch_function(tmp_path, capsys, monkeypatch):
     code = cli.main(["explain", "--model", "digits_cnn", "--class-names", "x.txt", "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "--class-names: only for --model *.onnx or torch:MODULE:FUNCTION" in err
+
+
+def test_cli_preprocessing_options(tmp_path):
+    from undesirable_jax.models.external import ExternalOptions, preprocessor
+
+    spec = tmp_path / "prep.json"
+    spec.write_text('{"size": [32, 40], "resize": null, "mean": [0.5], "std": [2.0], "grayscale": true}')
+    prep = preprocessor(ExternalOptions(preprocess=spec), None)
+    assert (prep.size, prep.resize, prep.mean, prep.std, prep.grayscale) == ((32, 40), None, (0.5,), (2.0,), True)
+    over = preprocessor(ExternalOptions(preprocess=spec, input_size=(16,), std=(4.0,)), None)
+    assert (over.size, over.std, over.mean) == ((16, 16), (4.0,), (0.5,))
+    default = preprocessor(ExternalOptions(), None)
+    assert default == uj.data.TORCHVISION
+    assert preprocessor(ExternalOptions(), (8, 8, 3)).input_shape == (8, 8, 3)
+    with pytest.raises(ValueError, match="declares"):
+        preprocessor(ExternalOptions(input_size=(16,)), (8, 8, 3))
+    spec.write_text('{"sise": [32, 32]}')
+    with pytest.raises(ValueError, match="unknown keys"):
+        preprocessor(ExternalOptions(preprocess=spec), None)
