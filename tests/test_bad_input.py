@@ -296,7 +296,7 @@ MEMORY_CHILD = textwrap.dedent("""
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     with open("/proc/self/statm") as f:
         vm = int(f.read().split()[0]) * resource.getpagesize()
-    resource.setrlimit(resource.RLIMIT_AS, (vm + 4 * 2**30, hard))  # a regression fails, not the machine
+    resource.setrlimit(resource.RLIMIT_AS, (vm + 8 * 2**30, hard))  # a regression fails, not the machine
     results = {}
     for kind, path in json.loads(sys.argv[1]):
         try:

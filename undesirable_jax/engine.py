@@ -123,6 +123,8 @@ def explain(
                          "num_samples or raise the stride")
 
     base = _base_probs(clf, img)
+    jax.block_until_ready(base)
+    clf.raise_host_error()  # a black box's own error, kept by its host callback, comes first
     num_classes = check_probs(base, clf.outputs)
     rows = _check_classes(classes, num_classes)
 
@@ -135,7 +137,9 @@ def explain(
     for start in tqdm(starts, desc="windows", unit="chunk", disable=not progress):
         acc, bad = _step(clf, sampler, state, img, key, ys, xs, rows, jnp.int32(start), acc, bad,
                          window=window, num_samples=num_samples, chunk=chunk, mesh=mesh)
-    if bool(jnp.any(bad)):
+    any_bad = bool(jnp.any(bad))
+    clf.raise_host_error()
+    if any_bad:
         raise ValueError("classifier: returned NaN or inf, or probabilities outside [0, 1] or not summing to 1, "
                          "on a perturbed image; check the model and that the sampler's fills lie in the input "
                          "range it expects")

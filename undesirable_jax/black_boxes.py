@@ -1,0 +1,203 @@
+"""Black-box classifiers: NumPy, PyTorch and ONNX functions called from inside the jitted engine.
+
+The engine still builds every perturbed batch on the device inside its jitted step; only the
+classifier call leaves JAX, through ``jax.pure_callback``: the host function receives the batch as a
+NumPy array, in pieces of at most ``batch_size`` images, and returns ``[N, K]``. Everything else
+(factors, evaluation, CLI) sees a plain :class:`~undesirable_jax.Classifier` with
+``differentiable=False``.
+
+A host function cannot raise inside a compiled step without XLA wrapping the error in its own
+traceback. So the callback catches it (and checks each output for shape, ``K`` and NaN), keeps the
+first error with a message naming the classifier, and returns NaN; the engine raises that error
+after the step (:meth:`~undesirable_jax.Classifier.raise_host_error`). After an error, later calls
+return NaN without running the function again until the error has been raised.
+
+Calls are serialised (one at a time per classifier, also when ``mesh="local"`` runs one callback per
+device shard), so the host function need not be thread-safe.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .classifiers import _OUTPUTS, Classifier
+
+_LAYOUTS = ("NHWC", "NCHW")
+
+
+class BlackBoxError(ValueError):
+    """A black box failed: it raised (the original error is the ``__cause__``) or returned a bad output."""
+
+
+class HostFunction:
+    """The static part of a black-box :class:`~undesirable_jax.Classifier`: ``fn`` on the host.
+
+    ``fn`` maps float32 ``[n, H, W, C]`` (``[n, C, H, W]`` for ``layout="NCHW"``, transposed on the
+    device before the hand-over) to ``[n, K]``. ``num_classes`` None: found by one call on a zero
+    image of the traced shape. ``fixed_batch``: ``fn`` accepts exactly ``batch_size`` images (the last
+    piece is padded by repeating its last image). Compared by identity, so jit caches per object.
+    """
+
+    def __init__(self, fn: Callable[[np.ndarray], Any], *, name: str, num_classes: int | None = None,
+                 batch_size: int | None = None, layout: str = "NHWC", fixed_batch: bool = False):
+        if not callable(fn):
+            raise TypeError(f"fn: expected a callable images [N, H, W, C] -> [N, K], got {type(fn).__name__}")
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                        or num_classes < 1):
+            raise ValueError(f"num_classes: expected an int >= 1 (K, the number of classes), got {num_classes!r}")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size < 1):
+            raise ValueError(f"batch_size: expected None (whole chunks) or an int >= 1, got {batch_size!r}")
+        if layout not in _LAYOUTS:
+            raise ValueError(f"layout: expected one of {_LAYOUTS}, got {layout!r}")
+        if fixed_batch and batch_size is None:
+            raise ValueError("fixed_batch: needs batch_size, the one batch size fn accepts")
+        self.fn, self.name, self.num_classes = fn, name, num_classes
+        self.batch_size, self.layout, self.fixed_batch = batch_size, layout, fixed_batch
+        self._lock = threading.Lock()
+        self._error: Exception | None = None
+        self._probed: dict[tuple[int, ...], int] = {}
+
+    def __repr__(self) -> str:
+        return f"HostFunction({self.name!r}, num_classes={self.num_classes}, batch_size={self.batch_size})"
+
+    # ------------------------------------------------------------------ traced side
+
+    def __call__(self, images: jnp.ndarray) -> jnp.ndarray:
+        """``[..., N, H, W, C] -> [..., N, K]`` float32 through ``jax.pure_callback``."""
+        x = jnp.asarray(images).astype(jnp.float32)
+        if x.ndim < 4:
+            raise ValueError(f"{self.label}: expected images [N, H, W, C], got shape {x.shape}")
+        if self.layout == "NCHW":
+            x = jnp.moveaxis(x, -1, -3)
+        k = self.classes_for(x.shape[-3:])
+        out = jax.ShapeDtypeStruct((*x.shape[:-3], k), jnp.float32)
+        # broadcast_all: under vmap the callback sees the batched array; host() folds leading axes.
+        return jax.pure_callback(self.host, out, x, vmap_method="broadcast_all")
+
+    @property
+    def label(self) -> str:
+        return f"black box {self.name!r}"
+
+    def classes_for(self, shape: tuple[int, ...]) -> int:
+        """K: ``num_classes``, or one call of ``fn`` on a zero image of ``shape`` (cached per shape)."""
+        if self.num_classes is not None:
+            return self.num_classes
+        shape = tuple(int(s) for s in shape)
+        if shape not in self._probed:
+            n = self.batch_size if self.fixed_batch else 1
+            with self._lock:
+                out = self._checked(np.zeros((n, *shape), np.float32), None)
+            self._probed[shape] = int(out.shape[1])
+        return self._probed[shape]
+
+    # ------------------------------------------------------------------ host side
+
+    def host(self, images: Any) -> np.ndarray:
+        """The callback: ``fn`` on pieces of at most ``batch_size`` images; errors kept, NaN returned."""
+        x = np.asarray(images, np.float32)
+        lead, item = x.shape[:-3], x.shape[-3:]
+        x = x.reshape(-1, *item)
+        k = self.classes_for(item)
+        with self._lock:
+            if self._error is None:
+                try:
+                    return self._run(x, k).reshape(*lead, k)
+                except BlackBoxError as e:  # kept, and raised by the caller after the step
+                    self._error = e
+        return np.full((*lead, k), np.nan, np.float32)
+
+    def take_error(self) -> Exception | None:
+        """The kept error (cleared): :meth:`Classifier.raise_host_error` raises it."""
+        with self._lock:
+            error, self._error = self._error, None
+        return error
+
+    def _run(self, x: np.ndarray, k: int) -> np.ndarray:
+        n = x.shape[0]
+        step = n if self.batch_size is None else self.batch_size
+        pieces = [self._checked(x[i:i + step], k) for i in range(0, n, step)]
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=0)
+
+    def _checked(self, x: np.ndarray, k: int | None) -> np.ndarray:
+        """``fn(x)`` as float32 ``[n, k]`` (padded to the fixed batch), or a :class:`BlackBoxError`."""
+        n = x.shape[0]
+        if self.fixed_batch and n < self.batch_size:
+            x = np.concatenate([x, np.repeat(x[-1:], self.batch_size - n, axis=0)], axis=0)
+        try:
+            out = np.asarray(self.fn(x))
+        except Exception as e:  # noqa: BLE001 - any error of the user's function, reported with its cause
+            raise BlackBoxError(f"{self.label} raised {type(e).__name__}: {e} (on a batch of {n} images of "
+                                f"shape {list(x.shape[1:])}); fix the function and run again") from e
+        if self.fixed_batch:
+            out = out[:n]
+        if out.ndim != 2 or out.shape[0] != n or (k is not None and out.shape[1] != k):
+            want = f"[{n}, {k}]" if k is not None else f"[{n}, K]"
+            raise BlackBoxError(f"{self.label}: returned shape {list(out.shape)} for {n} images; expected {want} "
+                             + (f"(num_classes={k})" if k is not None else "(one row of scores per image)"))
+        if not np.issubdtype(out.dtype, np.number) or np.iscomplexobj(out):
+            raise BlackBoxError(f"{self.label}: returned dtype {out.dtype}; expected real numbers (logits or "
+                             "probabilities)")
+        out = out.astype(np.float32, copy=False)
+        finite = np.isfinite(out).all(axis=1)
+        if not finite.all():
+            raise BlackBoxError(f"{self.label}: returned NaN or inf for {int((~finite).sum())} of {n} images; "
+                             "check the model and that the sampler's fills lie in the input range it expects")
+        return out
+
+
+def black_box(fn: Callable[[np.ndarray], Any], *, num_classes: int, outputs: str = "logits",
+              batch_size: int | None = None, name: str | None = None) -> Classifier:
+    """Any host function ``fn(images [N, H, W, C] float32 NumPy) -> [N, K]`` as a classifier.
+
+    ``fn``'s result may be anything ``np.asarray`` takes. ``outputs``: "logits" (softmax applied) or
+    "probs". ``batch_size``: at most this many images per call (None: one call per engine chunk).
+    ``name``: used in error messages (default: the function's name). Not differentiable: methods
+    that need gradients skip it.
+    """
+    label = name if name is not None else getattr(fn, "__name__", type(fn).__name__)
+    return host_classifier(HostFunction(fn, name=label, num_classes=num_classes, batch_size=batch_size),
+                           outputs)
+
+
+def host_classifier(host: HostFunction, outputs: str) -> Classifier:
+    """A :class:`~undesirable_jax.Classifier` calling ``host`` (used by the PyTorch and ONNX adapters)."""
+    if outputs not in _OUTPUTS:
+        raise ValueError(f"outputs: must be one of {_OUTPUTS}, got {outputs!r}")
+    return Classifier(fn=host, outputs=outputs, differentiable=False)
+
+
+def from_torch(module: Any, *, device: Any = None, input_layout: str = "NCHW", outputs: str = "logits",
+               batch_size: int | None = None, name: str | None = None, transfer: str = "auto") -> Classifier:
+    """A ``torch.nn.Module`` as a classifier (set to eval mode, run under ``torch.inference_mode()``).
+
+    ``device``: where the module runs (it is moved there); None keeps the module's own device.
+    ``input_layout``: "NCHW" (PyTorch's convention; the batch is transposed on the JAX device) or
+    "NHWC". ``transfer``: "auto" hands the batch over by DLPack on the device when JAX and PyTorch
+    share a CUDA GPU, through host memory otherwise; "dlpack" or "host" say which (DLPack also works
+    with both on CPU). Needs the ``torch`` extra: ``pip install undesirable-jax[torch]``.
+    """
+    from ._torch_box import torch_classifier
+
+    return torch_classifier(module, device=device, input_layout=input_layout, outputs=outputs,
+                            batch_size=batch_size, name=name, transfer=transfer)
+
+
+def from_onnx(path: Any, *, providers: Any = None, input_layout: str | None = None, outputs: str = "logits",
+              batch_size: int | None = None, num_classes: int | None = None) -> Classifier:
+    """An ONNX model file as a classifier, run by an ONNX Runtime ``InferenceSession``.
+
+    The input layout ("NCHW"/"NHWC"), K and a fixed batch size are read from the graph when it
+    declares them; ``input_layout`` / ``num_classes`` say them when it does not. ``providers``: ONNX
+    Runtime execution providers (None: every available one, in ONNX Runtime's order of preference).
+    Needs the ``onnx`` extra: ``pip install undesirable-jax[onnx]``.
+    """
+    from ._onnx_box import onnx_classifier
+
+    return onnx_classifier(path, providers=providers, input_layout=input_layout, outputs=outputs,
+                           batch_size=batch_size, num_classes=num_classes)

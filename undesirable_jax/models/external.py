@@ -1,0 +1,162 @@
+"""Your own PyTorch or ONNX model as a :class:`~undesirable_jax.models.LoadedModel` (for the CLI).
+
+    --model path/to/model.onnx          an ONNX file, run by ONNX Runtime
+    --model torch:MODULE:FUNCTION       FUNCTION() (or FUNCTION(weights)) returns a torch.nn.Module
+
+Both become black-box classifiers (:func:`undesirable_jax.from_onnx`, :func:`undesirable_jax.from_torch`).
+What a Flax ``LoadedModel`` carries itself comes from :class:`ExternalOptions`: the class names (a
+file, one name per line; default ImageNet's when K = 1000, else ``class_0 …``) and the preprocessing
+(a :class:`~undesirable_jax.data.Preprocessor`: torchvision's ImageNet recipe by default; a JSON file
+with its fields, then the size / resize / mean / std options on top). An ONNX graph that declares its
+input size sets the default size and channels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from ..data.images import IMAGENET_CLASSES
+from ..data.preprocess import TORCHVISION, Preprocessor
+from .registry import LoadedModel
+
+_PREPROCESS_KEYS = ("size", "resize", "mean", "std", "grayscale", "resample")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExternalOptions:
+    """What an ONNX or PyTorch model does not say itself (None: the default).
+
+    ``class_names``: a text file, one name per line. ``preprocess``: a JSON file with any of
+    ``size`` ([h, w]), ``resize`` (short side before the centre crop, or null), ``mean``, ``std`` (per
+    channel, on the 0..255 scale), ``grayscale``, ``resample``. ``input_size``, ``resize``, ``mean``,
+    ``std``: the same, overriding the file.
+    """
+
+    class_names: str | os.PathLike | None = None
+    preprocess: str | os.PathLike | None = None
+    input_size: tuple[int, ...] | None = None
+    resize: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def given(self) -> list[str]:
+        """The names of the options that were set."""
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+
+
+def is_external(spec: str) -> bool:
+    """Whether ``--model spec`` names an ONNX file or a ``torch:MODULE:FUNCTION``."""
+    return spec.startswith("torch:") or spec.lower().endswith(".onnx")
+
+
+def import_function(spec: str) -> Callable:
+    """``MODULE:FUNCTION`` → the function (the current directory is searched first, like ``python -m``)."""
+    module_name, _, func_name = spec.partition(":")
+    if not module_name or not func_name:
+        raise ValueError(f"--model: expected MODULE:FUNCTION, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        raise ValueError(f"--model: cannot import module {module_name!r} ({e}); run from its folder or install it")
+    fn = getattr(module, func_name, None)
+    if not callable(fn):
+        raise ValueError(f"--model: module {module_name!r} has no function {func_name!r}")
+    return fn
+
+
+def load_external(spec: str, weights: str | os.PathLike | None, options: ExternalOptions) -> LoadedModel:
+    """``--model`` for an ONNX file or ``torch:MODULE:FUNCTION`` → a :class:`LoadedModel`."""
+    from .. import black_boxes
+
+    if spec.startswith("torch:"):
+        fn = import_function(spec[len("torch:"):])
+        module = fn() if weights is None else fn(weights)
+        clf = black_boxes.from_torch(module, name=spec)
+        prep = preprocessor(options, None)
+        name, source = spec, str(weights) if weights is not None else spec
+    else:
+        if weights is not None:
+            raise ValueError("--weights: an ONNX file carries its weights; drop --weights")
+        clf = black_boxes.from_onnx(spec)
+        prep = preprocessor(options, _declared_input(clf))
+        name, source = Path(spec).stem, os.fspath(spec)
+    k = clf.fn.classes_for(_host_shape(clf, prep.input_shape))
+    return LoadedModel(name=name, classifier=clf, class_names=class_names(options.class_names, k),
+                       input_shape=prep.input_shape, preprocess=prep, weights=source)
+
+
+def class_names(path: str | os.PathLike | None, k: int) -> tuple[str, ...]:
+    """Names from ``path`` (one per line, exactly K), else ImageNet's for K = 1000, else ``class_i``."""
+    if path is None:
+        return IMAGENET_CLASSES if k == len(IMAGENET_CLASSES) else tuple(f"class_{i}" for i in range(k))
+    if not Path(path).is_file():
+        raise ValueError(f"--class-names: no file at {os.fspath(path)!r}; check the path")
+    names = tuple(line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines())
+    while names and not names[-1]:
+        names = names[:-1]
+    if len(names) != k or not all(names):
+        raise ValueError(f"--class-names: {os.fspath(path)!r} has {len(names)} lines (blank ones included), but the "
+                         f"model has K = {k} classes; write one name per line")
+    return names
+
+
+def preprocessor(options: ExternalOptions, declared: tuple[int, int, int] | None) -> Preprocessor:
+    """torchvision's ImageNet recipe, then the graph's declared (h, w, C), the JSON file, the options."""
+    fields: dict[str, Any] = dataclasses.asdict(TORCHVISION)
+    if declared is not None:
+        fields.update(size=declared[:2], resize=_default_resize(declared[:2]))
+        if declared[2] == 1:
+            fields.update(grayscale=True, mean=(0.0,), std=(255.0,))
+    if options.preprocess is not None:
+        fields.update(_read_json(options.preprocess))
+    if options.input_size is not None:
+        size = tuple(options.input_size) * (2 if len(options.input_size) == 1 else 1)
+        fields.update(size=size, resize=_default_resize(size) if options.resize is None else options.resize)
+    fields.update({k: getattr(options, k) for k in ("resize", "mean", "std") if getattr(options, k) is not None})
+    fields["size"], fields["mean"], fields["std"] = (tuple(fields[k]) for k in ("size", "mean", "std"))
+    if len(fields["mean"]) == 1 and not fields["grayscale"] and options.mean is not None:
+        fields["grayscale"] = True
+    prep = Preprocessor(**fields)
+    if declared is not None and prep.input_shape != tuple(declared):
+        raise ValueError(f"--input-size / --preprocess: give input {prep.input_shape}, but the ONNX graph declares "
+                         f"{tuple(declared)} (h, w, C)")
+    return prep
+
+
+def _default_resize(size: tuple[int, ...]) -> int | None:
+    """ImageNet's 256 → 224 centre crop for 224², a plain resize to the input size otherwise."""
+    return TORCHVISION.resize if tuple(size) == TORCHVISION.size else None
+
+
+def _read_json(path: str | os.PathLike) -> dict[str, Any]:
+    if not Path(path).is_file():
+        raise ValueError(f"--preprocess: no file at {os.fspath(path)!r}; check the path")
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--preprocess: {os.fspath(path)!r} is not valid JSON ({e})") from None
+    unknown = sorted(set(data) - set(_PREPROCESS_KEYS)) if isinstance(data, dict) else ["(not an object)"]
+    if unknown:
+        raise ValueError(f"--preprocess: unknown keys {unknown} in {os.fspath(path)!r}; use {list(_PREPROCESS_KEYS)}")
+    return data
+
+
+def _declared_input(clf: Any) -> tuple[int, int, int] | None:
+    """(h, w, C) of an ONNX graph's input when all three are declared, else None."""
+    shape = list(clf.fn.fn.session.get_inputs()[0].shape)
+    hwc = shape[2:] + shape[1:2] if clf.fn.layout == "NCHW" else shape[1:]
+    return tuple(hwc) if all(isinstance(d, int) for d in hwc) else None
+
+
+def _host_shape(clf: Any, input_shape: tuple[int, int, int]) -> tuple[int, ...]:
+    """The image shape the host function sees (channels first for NCHW)."""
+    h, w, c = input_shape
+    return (c, h, w) if clf.fn.layout == "NCHW" else (h, w, c)
