@@ -23,6 +23,8 @@ is interrupted at twice its plan (at the next Python statement; a compile in pro
 8. ``mesh_local``: the engine's chunks with ``mesh="local"`` (all local GPUs).
 9. ``efficientnet``: EfficientNet-Lite0 (shipped weights) at 224², engine ÷ raw (bf16, then fp32).
 10. ``evaluate``: ``undesirable-jax evaluate`` on 20 digits, end to end, in a fresh process.
+11. ``black_box``: ``bench_black_box.py`` on the same card (NumPy and PyTorch classifiers through the
+    engine against their own batched rate; ResNet-18 through ``from_torch`` against Captum Occlusion).
 
 Then a summary against the targets: engine ≥ 0.9× raw with every sampler; stride-1 PDA of a 224² image
 ≤ 30 s on an H100 (≤ 20 s on an H200); ≥ 5× Captum Occlusion's pass rate; ≥ 3× the plain loop;
@@ -68,7 +70,8 @@ from _common import PDA_PASSES, block, cast_classifier, load_note, random_resnet
 
 BUDGET_S = 450
 PLAN_S = {"env": 10, "raw": 60, "engine_bf16": 80, "full_image": 40, "captum": 30, "plain_loop": 35,
-          "memory": 50, "mesh_local": 10, "engine_fp32": 70, "efficientnet": 45, "evaluate": 60}
+          "memory": 50, "mesh_local": 10, "engine_fp32": 70, "efficientnet": 45, "evaluate": 60,
+          "black_box": 60}
 SAMPLERS = ("constant", "marginal", "blur", "conditional")
 TARGET_RAW, TARGET_CAPTUM, TARGET_LOOP, TARGET_MEMORY = 0.9, 5.0, 3.0, 0.10
 
@@ -565,11 +568,26 @@ def part_evaluate(run: Run) -> tuple[list, list, str]:
         "Fresh process (imports, data, fitting, compiles included); its summary is in eval_summary.md:\n\n" + summary
 
 
+def part_black_box(run: Run) -> tuple[list, list, str]:
+    """``bench_black_box`` (NumPy and PyTorch classifiers through the engine, and the ResNet-18 Captum
+    comparison) in a fresh process on the same card; its printed tables become this part's notes."""
+    argv = ["--smoke"] if run.smoke else ["--device", "cuda", "--chunk", "256", "--small-chunk", "1024",
+                                          "--rounds", "3", "--no-append"]
+    cmd = [sys.executable, str(Path(__file__).with_name("bench_black_box.py")), *argv]
+    env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=max(30.0, run.left()))
+    secs = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"bench_black_box failed ({' '.join(argv)}):\n{p.stderr[-2000:]}")
+    return ["arguments", "wall s"], [[" ".join(argv), secs]], "Its output:\n\n" + p.stdout[-6000:]
+
+
 PARTS: dict[str, Callable[[Run], tuple[list, list, str]]] = {
     "env": part_env, "raw": part_raw, "engine_bf16": lambda r: part_engine(r, "bfloat16"),
     "full_image": part_full_image, "captum": part_captum, "plain_loop": part_plain_loop, "memory": part_memory,
     "mesh_local": part_mesh_local, "engine_fp32": lambda r: part_engine(r, "float32"),
-    "efficientnet": part_efficientnet, "evaluate": part_evaluate,
+    "efficientnet": part_efficientnet, "evaluate": part_evaluate, "black_box": part_black_box,
 }
 
 
