@@ -191,20 +191,25 @@ def rankings(maps: dict, key: jax.Array) -> dict[str, dict[str, jnp.ndarray]]:
     ``against`` and ``"uc"`` maps (each pixel's rank turned into a percentile in [0, 1]).
     Method i uses ``fold_in(key, i)``; ranking r of it ``fold_in(·, r)``.
     """
-    from .ranking import rank_pixels
-
     out = {}
     for i, (name, m) in enumerate(maps.items()):
-        k = jax.random.fold_in(key, i)
-        places = {"ut": positions(rank_pixels(m.against, jax.random.fold_in(k, 0)))}
-        for r, (label, comp) in enumerate(m.competitors.items(), start=1):
-            places[label] = positions(rank_pixels(comp, jax.random.fold_in(k, r)))
-        size = places["ut"].shape[0]
-        pct = [1.0 - places[lab].astype(jnp.float32) / max(size - 1, 1) for lab in ("ut", "uc")]
-        union = jnp.maximum(*pct).reshape(m.against.shape)
-        places["union"] = positions(rank_pixels(union, jax.random.fold_in(k, len(m.competitors) + 1)))
-        out[name] = places
+        labels = list(m.competitors)
+        places = _method_places(m.against, tuple(m.competitors[lab] for lab in labels), jax.random.fold_in(key, i))
+        out[name] = dict(zip(["ut", *labels, "union"], places))
     return out
+
+
+@jax.jit
+def _method_places(against: jnp.ndarray, competitors: tuple, key: jax.Array) -> list[jnp.ndarray]:
+    """Places of ``against``, each competitor map (``competitors[0]`` is U_c) and their union."""
+    from .ranking import rank_pixels
+
+    places = [positions(rank_pixels(against, jax.random.fold_in(key, 0)))]
+    places += [positions(rank_pixels(c, jax.random.fold_in(key, r))) for r, c in enumerate(competitors, start=1)]
+    size = places[0].shape[0]
+    pct_t, pct_c = (1.0 - p.astype(jnp.float32) / max(size - 1, 1) for p in places[:2])
+    union = jnp.maximum(pct_t, pct_c).reshape(against.shape)
+    return places + [positions(rank_pixels(union, jax.random.fold_in(key, len(competitors) + 1)))]
 
 
 def _bits(p: jnp.ndarray, laplace_n: float, num_classes: int) -> np.ndarray:
@@ -236,7 +241,7 @@ def score_rankings(classifier: Classifier, image: jnp.ndarray, places: dict, tar
     others = jnp.stack([places[n][lab] for n, lab in labels])
     probs_other = np.asarray(perturbed_probs(classifier, image, others, jnp.asarray(counts_q), keys,
                                              perturbation=perturbation, batch_size=batch_size))
-    base = np.asarray(classifier.probs(image[None])[0])
+    base = np.asarray(image_probs(classifier, image))
     k, q = base.shape[0], len(counts_q)
     margin0 = _bits(base[target], laplace_n, k) - _bits(base[competitor], laplace_n, k)
 
@@ -276,7 +281,13 @@ def score_own(classifier: Classifier, image: jnp.ndarray, places_ut: jnp.ndarray
     keep = jnp.broadcast_to(image[None, None], fills.shape)
     counts = pixel_counts(percents, h * w)
     after = _mixture(classifier, keep, fills, places_ut[None, None], counts, batch_size=batch_size)[0, 0, :, target]
-    return np.asarray(after - classifier.probs(image[None])[0, target])
+    return np.asarray(after - image_probs(classifier, image)[target])
+
+
+@jax.jit
+def image_probs(classifier: Classifier, image: jnp.ndarray) -> jnp.ndarray:
+    """Class probabilities ``[K]`` of one image ``[H, W, C]`` (jitted: eager Flax calls are slow)."""
+    return classifier.probs(image[None])[0]
 
 
 @functools.partial(jax.jit, static_argnames=("batch_size",))

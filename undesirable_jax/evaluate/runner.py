@@ -34,7 +34,7 @@ from ..samplers import Sampler
 from . import summary
 from .keys import part_keys, stream_key
 from .methods import BUILDERS, BuildContext, SignedMaps, usable
-from .metrics import DEFAULT_PERCENTS, rankings, score_own, score_rankings
+from .metrics import DEFAULT_PERCENTS, image_probs, rankings, score_own, score_rankings
 from .removal import Perturbation, fill_image
 
 METHODS = tuple(BUILDERS)
@@ -215,7 +215,7 @@ def evaluate_image(classifier: Any, image: Any, label: int, config: EvalConfig, 
     img = jnp.asarray(image, jnp.float32)
     if img.ndim != 3:
         raise ValueError(f"image: expected one preprocessed image [H, W, C], got shape {img.shape}")
-    probs = np.asarray(clf.probs(img[None])[0])
+    probs = np.asarray(image_probs(clf, img))
     k = probs.shape[0]
     if not 0 <= int(label) < k:
         raise ValueError(f"label: {label} is outside the classifier's classes [0, {k})")
@@ -265,7 +265,7 @@ def sanity_record(ctx: BuildContext, names: Sequence[str], image_id: str) -> dic
 
 def clf_probs_len(ctx: BuildContext) -> int:
     """The classifier's number of classes (one forward pass)."""
-    return int(ctx.classifier.probs(ctx.image[None]).shape[-1])
+    return int(image_probs(ctx.classifier, ctx.image).shape[-1])
 
 
 def run(out_dir: str | Path, dataset: Iterable[Any], classifier: Any, config: EvalConfig, sampler: Sampler, *,
