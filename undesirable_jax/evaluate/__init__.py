@@ -7,14 +7,18 @@
 - :mod:`.metrics`: removal gain in both orders, correction, suppression, own-perturbation scores.
 - :mod:`.baselines`: random, occlusion, RISE (centred) and gradient × input maps.
 - :mod:`.road`: ROAD's noisy linear imputation (:func:`road_impute`), a removal that does not leak.
+- :mod:`.ranking`: pixel orders, descending by score, exact ties broken at random (:func:`rank_pixels`).
+- :mod:`.stats`: paired per-image differences: bootstrap intervals, Wilcoxon p, Holm, tables.
+- :mod:`.sanity`: Adebayo et al.'s cascading parameter randomisation and random-logit checks.
 - :mod:`.runner`: per-image result files, resume, process split, merge.
 - :mod:`.summary`: means with 95 % intervals, paired comparisons, sanity table, the removal-gain plot.
 """
 
-from . import baselines, keys, methods, metrics, removal, road, runner, summary
+from . import baselines, keys, methods, metrics, ranking, removal, road, runner, sanity, stats, summary
 from .baselines import gradient_input, occlusion, random_maps, rise, rise_masks, signed_maps
 from .methods import BUILDERS, SignedMaps
 from .metrics import DEFAULT_PERCENTS, MapMetrics, MethodMaps, evaluate_maps
+from .ranking import rank_pixels
 from .removal import PERTURBATIONS, Perturbation, fill_image, ranks, top_masks
 from .road import road_impute
 from .runner import METHODS, EvalConfig, evaluate_image, merge, run
@@ -22,6 +26,6 @@ from .runner import METHODS, EvalConfig, evaluate_image, merge, run
 __all__ = [
     "BUILDERS", "DEFAULT_PERCENTS", "EvalConfig", "METHODS", "MapMetrics", "MethodMaps", "PERTURBATIONS",
     "Perturbation", "SignedMaps", "baselines", "evaluate_image", "evaluate_maps", "fill_image", "gradient_input",
-    "keys", "merge", "methods", "metrics", "occlusion", "random_maps", "ranks", "removal", "rise", "rise_masks",
-    "road", "road_impute", "run", "runner", "signed_maps", "summary", "top_masks",
+    "keys", "merge", "methods", "metrics", "occlusion", "random_maps", "rank_pixels", "ranking", "ranks", "removal", "rise", "rise_masks",
+    "road", "road_impute", "run", "runner", "sanity", "signed_maps", "stats", "summary", "top_masks",
 ]

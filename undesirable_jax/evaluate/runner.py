@@ -239,33 +239,34 @@ def evaluate_image(classifier: Any, image: Any, label: int, config: EvalConfig, 
 def sanity_record(ctx: BuildContext, names: Sequence[str], image_id: str) -> dict[str, dict[str, float]]:
     """The sanity checks of one image: per method, Spearman ρ against the trained model's map.
 
-    ``randomise:<layer>``: the ``against`` map (−R_t) after cascading parameter randomisation, top layer
-    first (only for classifiers whose parameters are a non-empty pytree). ``random_logit``: the
-    competitor map for c against the same method's map for a random class other than t and c (drawn
-    from the ``sanity`` stream). Every map here is built from the ``sanity`` stream's keys.
+    ``randomise:<layer>``: the ``against`` map (−R_t) after cascading parameter randomisation down to
+    ``<layer>``, top layer first (classifiers whose parameters are a pytree; none otherwise).
+    ``random_logit``: the competitor map for c against the same method's map for a random class other
+    than t and c, built with the same keys. Every map here is built from the ``sanity`` stream's keys.
     """
     from . import sanity
 
     key = stream_key(ctx.config.seed, "sanity", image_id)
     trained = build_maps(ctx, names, jax.random.fold_in(key, 0))
     out: dict[str, dict[str, float]] = {n: {} for n in names}
-    for i, (layer, clf) in enumerate(sanity.cascading_randomisation(ctx.classifier, jax.random.fold_in(key, 1))):
-        other = build_maps(dataclasses.replace(ctx, classifier=clf), names, jax.random.fold_in(key, 2 + i))
-        for n in names:
-            out[n][f"randomise:{layer}"] = float(sanity.spearman(trained[n].against, other[n].against))
-    k = int(clf_probs_len(ctx))
-    if k > 2:
-        c2 = sanity.random_logit(jax.random.fold_in(key, 2 ** 20), k, exclude=(ctx.target, ctx.competitor))
+    if jax.tree.leaves(ctx.classifier.params):
+        stages = sanity.cascading_randomisation(ctx.classifier, jax.random.fold_in(key, 1),
+                                                input_shape=ctx.image.shape)
+        for done, clf in list(stages)[1:]:
+            other = build_maps(dataclasses.replace(ctx, classifier=clf), names, jax.random.fold_in(key, 0))
+            for n in names:
+                out[n][f"randomise:{done[-1]}"] = sanity.spearman_maps(trained[n].against, other[n].against)
+    probs = image_probs(ctx.classifier, ctx.image)
+    if probs.shape[0] > 2:                       # a class other than t and c exists
+        masked = probs.at[ctx.competitor].set(jnp.inf).at[ctx.target].set(-jnp.inf)
+        c2 = int(sanity.random_other_class(masked, jax.random.fold_in(key, 2)))   # never c (top), redrawn if t
+        k = 3
+        while c2 == ctx.target:
+            c2, k = int(sanity.random_other_class(masked, jax.random.fold_in(key, k))), k + 1
         swapped = build_maps(dataclasses.replace(ctx, competitor=c2), names, jax.random.fold_in(key, 0))
         for n in names:
-            out[n]["random_logit"] = float(sanity.spearman(trained[n].competitors["uc"],
-                                                           swapped[n].competitors["uc"]))
+            out[n]["random_logit"] = sanity.spearman_maps(trained[n].competitors["uc"], swapped[n].competitors["uc"])
     return out
-
-
-def clf_probs_len(ctx: BuildContext) -> int:
-    """The classifier's number of classes (one forward pass)."""
-    return int(image_probs(ctx.classifier, ctx.image).shape[-1])
 
 
 def run(out_dir: str | Path, dataset: Iterable[Any], classifier: Any, config: EvalConfig, sampler: Sampler, *,

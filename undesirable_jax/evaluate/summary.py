@@ -30,8 +30,6 @@ PER_Q = (("removal_gain", "Removal gain Δp(t), undesirable-first (MoRF on U_t),
          ("correction_rate:union", "Correction rate, top q% of the union of rank-normalised U_t and U_c"))
 PER_METHOD = (("area_between", "Area between the MoRF and LeRF curves of p(t) over f = 0..1 (higher: better order)"),
               ("positive", "Positive-set size: pixels with evidence against the target > 0"))
-P_BINS = ((0.0, 0.9, "p(t) < 0.9"), (0.9, 0.999, "0.9 ≤ p(t) ≤ 0.999"), (0.999, 1.01, "p(t) > 0.999"))
-"""The p(t) bins the removal gain is split by (on the untouched image)."""
 
 
 def per_image(result: dict, method: str, metric: str) -> np.ndarray | None:
@@ -106,10 +104,15 @@ def summary_rows(results: Sequence[dict], config: dict) -> list[dict]:
 
 
 def bin_rows(results: Sequence[dict], method: str, percents: Sequence[float]) -> list[dict]:
-    """Removal gain (common perturbation) of ``method`` split by the :data:`P_BINS` of p(t)."""
+    """Removal gain (common perturbation) of ``method`` split by p(t) on the untouched image
+    (:func:`undesirable_jax.evaluate.stats.confidence_bins`: < 0.9, 0.9–0.999, ≥ 0.999)."""
+    from . import stats
+
     rows = []
-    for lo_p, hi_p, label in P_BINS:
-        vals = [per_image(r, method, "removal_gain") for r in results if lo_p <= r["p_target"] < hi_p]
+    if not results:
+        return rows
+    for label, mask in stats.confidence_bins([r["p_target"] for r in results]).items():
+        vals = [per_image(r, method, "removal_gain") for r, m in zip(results, mask) if m]
         if not vals or any(v is None for v in vals):
             continue
         for qi, q in enumerate(percents):
@@ -234,7 +237,8 @@ def comparison_rows(results: Sequence[dict], config: dict) -> list[dict]:
 
     Each image's value is its mean over seeds; the statistics (bootstrap 95 % interval of the mean
     difference, Wilcoxon signed-rank p, Holm-corrected within each metric and q) come from
-    :func:`undesirable_jax.evaluate.stats.paired_table`.
+    :func:`undesirable_jax.evaluate.stats.paired_table`; ``random`` is the random null, ``zero`` tests
+    the metric itself against 0.
     """
     from . import stats
 
@@ -246,11 +250,13 @@ def comparison_rows(results: Sequence[dict], config: dict) -> list[dict]:
         values = {m: np.asarray(v, dtype=np.float64) for m, v in values.items() if v and all(x is not None for x in v)}
         if not values:
             continue
+        order = sorted(values, key=lambda m: m == "random")      # random last: every method is paired with it
         qs = [""] if next(iter(values.values())).ndim == 1 else config["percents"]
         for qi, q in enumerate(qs):
-            cols = {m: (v if q == "" else v[:, qi]) for m, v in values.items()}
+            cols = {m: (values[m] if q == "" else values[m][:, qi]) for m in order}
             for row in stats.paired_table(cols, seed=int(config["seed"])):
-                rows.append(dict(metric=metric, q=q, **row))
+                rows.append(dict(metric=metric, q=q, method=row.a, versus=row.b, n=row.n, mean=row.mean,
+                                 ci_low=row.ci_low, ci_high=row.ci_high, p=row.p, p_holm=row.p_holm))
     return rows
 
 
