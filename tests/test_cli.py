@@ -309,20 +309,25 @@ def test_evaluate_digits_writes_results_summary_and_resumes(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["evaluate", "--dataset", "digits", "--model", "digits_cnn", "--limit", 3, "--window", 4, "--stride", 2,
             "--sampler", "constant", "--methods", "pda", "occlusion", "random", "--thresholds", 10, 50,
-            "--plain", "--occlusion-value", 0.5, "--out", out, "--no-progress"]
+            "--plain", "--occlusion-value", 0.5, "--sanity-images", 1, "--out", out, "--no-progress"]
     code, stdout, err = run_cli(argv, capsys)
     assert code == 0, err
     results = sorted((out / "results").glob("*.json"))
     assert len(results) == 3
     recs = [json.loads(p.read_text()) for p in results]
     assert {r["id"] for r in recs} == {f"digits/{i}" for i in (0, 5, 10)}  # test split: every 5th image
-    assert all(set(r["methods"]) == {"pda", "occlusion", "random"} and r["percents"] == [10.0, 50.0] for r in recs)
+    assert all(len(r["seeds"]) == 3 and r["percents"] == [10.0, 50.0] for r in recs)
+    assert all(set(s) == {"pda", "occlusion", "random"} for r in recs for s in r["seeds"])
+    assert sum("sanity" in r for r in recs) == 1
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["window"] == 4 and cfg["model"] == "digits_cnn" and cfg["dataset"] == "digits:test[:3]"
     assert cfg["decouple"] is False and cfg["occlusion_value"] == 0.5 and cfg["percents"] == [10.0, 50.0]
+    assert cfg["scoring"] == "road(noise=0.01)" and cfg["num_seeds"] == 3 and cfg["scoring_draws"] == 4
     summary = (out / "summary.md").read_text()
     assert "Our metric, after Kang et al." in summary and "| pda |" in summary
     assert (out / "removal_gain.png").is_file()
+    assert "| pda | random |" in (out / "comparisons.md").read_text()
+    assert "randomise:" in (out / "sanity.md").read_text() and "random_logit" in (out / "sanity.md").read_text()
 
     # Without --resume an existing run is refused; with it, finished images are kept as they are.
     code, _, err = run_cli(argv, capsys)
