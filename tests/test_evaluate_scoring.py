@@ -139,3 +139,15 @@ def test_black_box_classifier_skips_gradient_input_with_a_message(tmp_path):
     res = runner.load_results(tmp_path)
     assert all(set(r["seeds"][0]) == {"random"} and "gradient_input" in r["skipped"] for r in res)
     assert "gradient_input skipped" in (tmp_path / "summary.md").read_text()
+
+
+def test_average_windows_scales_each_map_before_averaging():
+    a = methods.SignedMaps(against=jnp.array([[2.0, -4.0]]), competitors={"uc": jnp.array([[1.0, 0.0]])}, own="sampler")
+    b = methods.SignedMaps(against=jnp.array([[0.5, 0.25]]), competitors={"uc": jnp.zeros((1, 2)), "uc_plain": a.against},
+                           own=0.0)
+    avg = methods.average_windows([a, b])
+    np.testing.assert_allclose(avg.against, [[(0.5 + 1.0) / 2, (-1.0 + 0.5) / 2]])
+    np.testing.assert_allclose(avg.competitors["uc"], [[0.5, 0.0]])       # an all-zero map stays zero
+    assert set(avg.competitors) == {"uc"} and avg.own is None
+    with pytest.raises(ValueError, match="maps"):
+        methods.average_windows([])

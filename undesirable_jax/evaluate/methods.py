@@ -114,3 +114,23 @@ def usable(name: str, classifier: Any) -> str | None:
     if name in NEEDS_GRADIENTS and not getattr(classifier, "differentiable", True):
         return f"{name} skipped: the classifier declares no gradients (differentiable = False)"
     return None
+
+
+def average_windows(maps: list[SignedMaps]) -> SignedMaps:
+    """One map from several window sizes: the mean of each size's maps after scaling each to max |value| 1.
+
+    Scaling first keeps one window size (whose evidence sums over more or fewer windows per pixel)
+    from dominating the average; competitor maps are averaged label by label (labels all maps share).
+    ``own`` is None: the average was built under no single perturbation.
+    """
+    if not maps:
+        raise ValueError("maps: expected the maps of at least one window size")
+
+    def scaled(a: jnp.ndarray) -> jnp.ndarray:
+        top = jnp.max(jnp.abs(a))
+        return jnp.where(top > 0, a / jnp.where(top > 0, top, 1.0), 0.0)
+
+    labels = [lab for lab in maps[0].competitors if all(lab in m.competitors for m in maps)]
+    return SignedMaps(against=jnp.mean(jnp.stack([scaled(m.against) for m in maps]), axis=0),
+                      competitors={lab: jnp.mean(jnp.stack([scaled(m.competitors[lab]) for m in maps]), axis=0)
+                                   for lab in labels}, own=None)
