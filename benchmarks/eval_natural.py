@@ -6,9 +6,11 @@ U_t (PDA) against every baseline.
 The images (``data.SAMPLE_IMAGES``: chelsea, coffee, astronaut, rocket, china, flower, grace_hopper) carry
 no ImageNet label, so the target t of each is the model's own top-1 class: every image counts as
 "correct" and the correction rate is n/a. PDA: window 16, stride 16 on 224², blur sampler (σ = 10 px,
-deterministic, so one sample); removal in the metrics uses the same blur. Occlusion: the same windows
-filled with 0 (mid-grey after the model's normalisation), one sample. Settings are kept small so the
-run takes minutes on 2 CPU cores; a full PDA (window 10, stride 1, conditional sampler) is a GPU job.
+deterministic, so one sample). Occlusion: the same windows filled with 0 (mid-grey after the model's
+normalisation), one sample. Scoring: ROAD with draws no method was built with (``--draws``, ``--seeds``),
+and each method again under its own construction perturbation. With n = 7 this is a qualitative
+example, not a test. Settings are kept small so the run takes minutes on 2 CPU cores; a full PDA
+(window 10, stride 1, conditional sampler) is a GPU job.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ def main() -> None:
     p.add_argument("--rise-masks", type=int, default=200)
     p.add_argument("--curve-steps", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--draws", type=int, default=2)
     p.add_argument("--no-append", action="store_true")
     args = p.parse_args()
 
@@ -51,7 +55,8 @@ def main() -> None:
     images = [data.Example(id=name, image=raw, label=int(t)) for (name, raw), t in zip(raws.items(), top1)]
     config = ev.EvalConfig(model="efficientnet_lite0", window=args.window, stride=args.stride,
                            num_samples=args.samples, seed=args.seed, rise_masks=args.rise_masks,
-                           curve_steps=args.curve_steps, dataset="sample images (target = top-1 prediction)")
+                           curve_steps=args.curve_steps, dataset="sample images (target = top-1 prediction)",
+                           num_seeds=args.seeds, scoring_draws=args.draws)
     t0, c0 = time.perf_counter(), time.process_time()
     ev.run(args.out, images, model.classifier, config, samplers.blur(args.sigma), preprocess=prep, batch_size=32,
            chunk_size=196)

@@ -507,13 +507,30 @@ def _dataset_label(args: argparse.Namespace) -> str:
     return label + (f" {data.CORRUPTIONS[name]}" if args.dataset.endswith("+corrupt") else "")
 
 
+def _eval_config(args: argparse.Namespace, model_name: str, num_samples: int, pool: Callable[[], Any]) -> Any:
+    """The :class:`~undesirable_jax.evaluate.EvalConfig` of ``evaluate``'s arguments (constant scoring: pool mean)."""
+    import numpy as np
+
+    from .evaluate import DEFAULT_PERCENTS, METHODS, EvalConfig
+
+    return EvalConfig(model=model_name, window=args.window, stride=args.stride, num_samples=num_samples,
+                      seed=args.seed, dataset=_dataset_label(args),
+                      methods=tuple(args.methods) if args.methods else METHODS,
+                      percents=tuple(args.thresholds) if args.thresholds else DEFAULT_PERCENTS,
+                      top_k=args.top_k, rise_masks=args.rise_masks, decouple=not args.plain,
+                      occlusion_value=args.occlusion_value, perturbation=args.perturbation,
+                      road_noise=args.road_noise, scoring_sigma=args.scoring_sigma,
+                      scoring_value=float(np.mean(pool())) if args.perturbation == "constant" else 0.0,
+                      scoring_draws=args.scoring_draws, num_seeds=args.seeds, sanity_images=args.sanity_images)
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     """``undesirable-jax evaluate``: see the subcommand's ``--help``."""
     import jax
     import numpy as np
 
     from . import distributed
-    from .evaluate import DEFAULT_PERCENTS, METHODS, EvalConfig, merge, run
+    from .evaluate import merge, run
 
     for name in ("limit", "pool_size", "top_k", "rise_masks", "chunk_size", "scoring_draws", "batch_size", "seeds"):
         _positive("--" + name.replace("_", "-"), getattr(args, name))
@@ -551,15 +568,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         return np.stack([prep(pool_set[i].image) for i in range(n)])
 
     sampler = make_sampler(args, pool, args.window, jax.random.fold_in(jax.random.key(args.seed), 1))
-    config = EvalConfig(model=model.name, window=args.window, stride=args.stride, num_samples=num_samples,
-                        seed=args.seed, dataset=_dataset_label(args),
-                        methods=tuple(args.methods) if args.methods else METHODS,
-                        percents=tuple(args.thresholds) if args.thresholds else DEFAULT_PERCENTS,
-                        top_k=args.top_k, rise_masks=args.rise_masks, decouple=not args.plain,
-                        occlusion_value=args.occlusion_value, perturbation=args.perturbation,
-                        road_noise=args.road_noise, scoring_sigma=args.scoring_sigma,
-                        scoring_value=float(np.mean(pool())) if args.perturbation == "constant" else 0.0,
-                        scoring_draws=args.scoring_draws, num_seeds=args.seeds, sanity_images=args.sanity_images)
+    config = _eval_config(args, model.name, num_samples, pool)
     t0 = time.perf_counter()
     common = dict(preprocess=prep, chunk_size=args.chunk_size, batch_size=args.batch_size,
                   progress=not args.no_progress, mesh=None if args.mesh == "none" else "local")

@@ -5,12 +5,15 @@ Layout of an output folder::
     <out>/config.json              the run's configuration (refuses a resume that differs)
     <out>/results/<image>.json     one per finished image, written atomically as it finishes
     <out>/summary.md, summary.csv  means and 95 % confidence intervals per method and q
-    <out>/removal_gain.png         removal gain against q
+    <out>/removal_gain.png         removal gain against q, both orders
+    <out>/comparisons.md, .csv     paired per-image differences: every method vs every other, zero, random
+    <out>/sanity.md, .csv          sanity checks (parameter randomisation, random logit) of the first images
 
 Re-running the same command skips the images whose result file exists, so a crash loses nothing
 finished. Work is split over processes by the image's position in the data set
 (``index % process_count == process_index``), and every image's randomness comes from the run seed
-and the image id, so any split gives exactly the results of one process; :func:`merge` then checks
+and the image id through the disjoint streams of :mod:`.keys` (maps built from ``build``, scoring
+draws from ``score``, tie-breaks from ``rank``), so any split gives exactly the results of one process; :func:`merge` then checks
 that every expected id has exactly one result and writes the summary.
 """
 
@@ -289,14 +292,7 @@ def run(out_dir: str | Path, dataset: Iterable[Any], classifier: Any, config: Ev
 
     Returns the ids of the whole data set, in order (for :func:`merge`).
     """
-    if not isinstance(config, EvalConfig):
-        raise TypeError(f"config: expected an EvalConfig, got {type(config).__name__}")
-    for name, v in (("process_count", process_count), ("process_index", process_index)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise TypeError(f"{name}: expected an int, got {type(v).__name__} {v!r}")
-    if process_count < 1 or not 0 <= process_index < process_count:
-        raise ValueError(f"process_index, process_count: need 0 <= process_index < process_count, got "
-                         f"{process_index} and {process_count}")
+    _check_run_args(config, process_index, process_count)
     clf = as_classifier(classifier)
     out_dir = Path(out_dir)
     record = config_record(config, clf, sampler)
@@ -339,6 +335,17 @@ def run(out_dir: str | Path, dataset: Iterable[Any], classifier: Any, config: Ev
     if summarize and process_count == 1:
         merge(out_dir, ids)
     return ids
+
+
+def _check_run_args(config: Any, process_index: Any, process_count: Any) -> None:
+    if not isinstance(config, EvalConfig):
+        raise TypeError(f"config: expected an EvalConfig, got {type(config).__name__}")
+    for name, v in (("process_count", process_count), ("process_index", process_index)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{name}: expected an int, got {type(v).__name__} {v!r}")
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(f"process_index, process_count: need 0 <= process_index < process_count, got "
+                         f"{process_index} and {process_count}")
 
 
 def _known_ids(dataset: Any) -> list[str] | None:
