@@ -17,6 +17,7 @@ if interrupted; the wall time of a resumed run counts only the images it compute
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -78,8 +79,12 @@ def main() -> None:
     ev.run(args.out, subset, model.classifier, config, sampler, preprocess=prep)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     out = Path(args.out)
-    body = "\n".join((out / name).read_text() for name in ("summary.md", "comparisons.md", "sanity.md"))
-    wrong = sum(1 for r in ev.runner.load_results(out) if r["prediction"] != r["label"])
+    results = ev.runner.load_results(out)
+    cfg = json.loads((out / "config.json").read_text())
+    pda_rows = ev.summary.comparisons_markdown(ev.summary.comparison_rows(results, cfg), cfg, only="pda")
+    body = "\n".join([(out / "summary.md").read_text(), "Rows with PDA (all pairs: comparisons.md):\n",
+                      pda_rows, (out / "sanity.md").read_text()])
+    wrong = sum(1 for r in results if r["prediction"] != r["label"])
     notes = (f"{n} images ({wrong} misclassified); wall {wall:.0f} s, CPU {cpu:.0f} s for this invocation "
              f"({_common.load_note()} at the end; a resumed run counts only the images it computed). "
              f"Output folder: {args.out}.")

@@ -144,7 +144,8 @@ def to_markdown(rows: Sequence[dict], config: dict, num_images: int, num_wrong: 
         out += [f"*{reason}.*", ""]
     index = {(r["metric"], r["method"], r["q"]): r for r in rows}
     titles = dict(PER_Q)
-    metrics = [m for m, _ in PER_Q] + sorted({r["metric"] for r in rows if r["metric"].startswith("removal_gain[")})
+    metrics = [m for m, _ in PER_Q] + list(dict.fromkeys(r["metric"] for r in rows
+                                                         if r["metric"].startswith("removal_gain[")))
     for metric in metrics:
         methods = [m for m in config["methods"] if (metric, m, percents[0]) in index]
         if not methods:
@@ -272,8 +273,12 @@ def rows_csv(rows: Sequence[dict]) -> str:
     return buf.getvalue()
 
 
-def comparisons_markdown(rows: Sequence[dict], config: dict) -> str:
-    """The paired-comparison table as markdown: one table per metric, rows ``method − versus`` per q."""
+def comparisons_markdown(rows: Sequence[dict], config: dict, only: str | None = None) -> str:
+    """The paired-comparison table as markdown: one table per metric, rows ``method − versus`` per q.
+
+    ``only``: keep the rows that involve this method (e.g. ``"pda"``); None keeps all.
+    """
+    rows = [r for r in rows if only is None or only in (r["method"], r["versus"])]
     out = [f"Paired per-image differences (method − versus; each image averaged over {config.get('num_seeds', 1)} "
            f"seeds), scored with `{config.get('scoring', '?')}`. Mean [bootstrap 95% CI], Wilcoxon signed-rank "
            "p, Holm-corrected within each metric and q. `zero`: the metric itself against 0.", ""]
