@@ -100,9 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser(
         "evaluate", formatter_class=fmt, help="our metric (after Kang et al.) over a data set, resumable",
         description="Evaluate undesirable maps against baselines over a labelled data set with our metric, "
-                    "after Kang et al. (removal gain, correction rate, non-target suppression, deletion/insertion; "
-                    "the README's Evaluation results). One result file per image under OUT/results; rerunning with --resume skips "
-                    "finished images; OUT/summary.md, summary.csv and removal_gain.png at the end.")
+                    "after Kang et al. (removal gain undesirable-first and least-undesirable-first, correction rate, "
+                    "suppression; the README's Evaluation results). Maps are scored with perturbations drawn from "
+                    "keys no method was built with (ROAD by default). One result file per image under OUT/results; "
+                    "rerunning with --resume skips finished images; OUT/summary.md, summary.csv, removal_gain.png, "
+                    "comparisons.md/.csv (paired, every method against every other and the nulls) and "
+                    "sanity.md/.csv at the end.")
     v.add_argument("--dataset", required=True,
                    help="digits | lfw (offline, built in) | digits+corrupt | lfw+corrupt (the split plus noisy, "
                         "blurred and occluded copies at the levels of undesirable_jax.data.CORRUPTIONS) | "
