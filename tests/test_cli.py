@@ -344,7 +344,8 @@ def test_evaluate_digits_writes_results_summary_and_resumes(tmp_path, capsys):
 def test_evaluate_split_over_two_processes_then_resume_merges(tmp_path, capsys):
     out = tmp_path / "split"
     argv = ["evaluate", "--dataset", "digits", "--model", "digits_cnn", "--limit", 2, "--window", 4, "--stride", 4,
-            "--sampler", "constant", "--methods", "pda", "random", "--thresholds", 25, "--out", out, "--no-progress"]
+            "--sampler", "constant", "--methods", "pda", "random", "--thresholds", 25, "--perturbation", "constant",
+            "--seeds", 1, "--out", out, "--no-progress"]
     code, stdout, err = run_cli(argv + ["--process-index", 0, "--process-count", 2], capsys)
     assert code == 0, err
     assert "merge" in stdout and not (out / "summary.md").exists()
@@ -359,6 +360,8 @@ def test_evaluate_split_over_two_processes_then_resume_merges(tmp_path, capsys):
     code, stdout, err = run_cli(argv + ["--resume"], capsys)   # one process: nothing left to do, then merge
     assert code == 0, err
     assert (out / "summary.md").is_file() and "summary:" in stdout
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["scoring"].startswith("constant(value=") and cfg["scoring_value"] > 0   # the pool's mean
 
 
 def test_evaluate_distributed_flags_need_distributed(tmp_path, capsys):
