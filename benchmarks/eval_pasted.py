@@ -68,7 +68,8 @@ def method_maps(clf, x, t, o, key, args):
     dec = uj.factors(expl, target=t, top_k=1, decouple=True).non_target[0]
     ev = expl.evidence
     occ = baselines.occlusion(clf, x, [t, o], window=args.window, stride=args.stride, value=0.0)
-    rise = baselines.rise(clf, x, np.zeros_like(x), [t, o], jax.random.fold_in(key, 1), num_masks=args.rise_masks)
+    rise = baselines.rise(clf, x, np.zeros_like(x), [t, o], jax.random.fold_in(key, 1),
+                          num_masks=args.rise_masks)
     gxi = baselines.gradient_input(clf, x, [t, o])
     rnd = baselines.random_maps(jax.random.fold_in(key, 2), *x.shape[:2])
 
@@ -128,7 +129,8 @@ def main() -> None:
     kept = [c for c in cands if c["moved"]]
     scores: dict = {}
     for n, c in enumerate(kept):
-        maps = method_maps(model.classifier, c["pasted"].image, c["t"], c["o"], jax.random.fold_in(k_maps, n), args)
+        maps = method_maps(model.classifier, c["pasted"].image, c["t"], c["o"],
+                           jax.random.fold_in(k_maps, n), args)
         for name, v in score_case(maps, c["pasted"].mask, jax.random.fold_in(k_ties, n)).items():
             scores.setdefault(name, []).append(v)
         if n % 20 == 0:
@@ -138,7 +140,8 @@ def main() -> None:
     body = _common.table(["method", "map", "pointing hit rate [95 % CI]", "mass share in mask [95 % CI]",
                           "all-zero maps", "cases"], rows)
     # paired: PDA U_t against every other U_t equivalent, on mass share (zero-mass cases dropped pairwise)
-    against = {m: np.array([v[1] for v in vals]) for (m, kind), vals in scores.items() if kind.startswith("against")}
+    against = {m: np.array([v[1] for v in vals])
+               for (m, kind), vals in scores.items() if kind.startswith("against")}
     paired = stats.paired_table({k: v for k, v in against.items() if k != "random"},
                                 nulls={"random": against["random"]}, seed=args.seed)
     paired = [r for r in paired if r.b != "zero"]      # a share is never below 0: random is the null
@@ -148,11 +151,13 @@ def main() -> None:
     per_photo = {p: sum(c["moved"] for c in cands if c["photo"] == p) for p in PHOTOS}
     notes = (f"o = {model.class_names[obj]} (class {obj}); kept {len(kept)} of {len(cands)} candidate pastes "
              f"(per photo {per_photo}); t per photo: "
-             + ", ".join(f"{p} → {model.class_names[next(c['t'] for c in cands if c['photo'] == p)]}" for p in PHOTOS)
+             + ", ".join(f"{p} → {model.class_names[next(c['t'] for c in cands if c['photo'] == p)]}"
+                         for p in PHOTOS)
              + f". PDA window {args.window}, stride {args.stride}, blur σ {args.sigma}, S = 1; RISE "
              f"{args.rise_masks} masks. Wall {wall:.0f} s, CPU {cpu:.0f} s ({_common.load_note()}).\n\n"
              "Paired differences of mass share against t (U_t and its equivalents; a − b over cases, "
-             "percentile bootstrap 95 %, Wilcoxon, Holm over this table's rows):\n\n" + stats.table_markdown(paired))
+             "percentile bootstrap 95 %, Wilcoxon, Holm over this table's rows):\n\n"
+             + stats.table_markdown(paired))
     _common.report("Ground truth on photographs: pasted espresso cup (EfficientNet-Lite0, 112²)", body,
                    append=not args.no_append, notes=notes)
 

@@ -69,7 +69,8 @@ def pointing_hit(saliency: Any, mask: Any, key: jax.Array) -> bool:
     ``key``, see :func:`~undesirable_jax.evaluate.ranking.rank_pixels`); no tolerance margin."""
     mask = np.asarray(mask, bool)
     if np.shape(saliency) != mask.shape:
-        raise ValueError(f"saliency, mask: expected one [H, W] shape, got {np.shape(saliency)} and {mask.shape}")
+        raise ValueError(f"saliency, mask: expected one [H, W] shape, got {np.shape(saliency)} "
+                         f"and {mask.shape}")
     top = int(rank_pixels(jnp.asarray(saliency), key)[0])
     return bool(mask.ravel()[top])
 
