@@ -1,10 +1,11 @@
-"""ROAD imputation cost (``undesirable_jax.evaluate.road_impute``): one mask and a vmapped batch of masks.
+"""ROAD imputation cost (``undesirable_jax.evaluate.road_impute``): one mask and a batch of masks.
 
 For each image side (3 channels) and mask kind it reports the first call (compile included), the warm
 time for one mask, and the warm time per mask when ``--batch`` masks of one image are imputed in one
-call, vmapped or through ``jax.lax.map`` (the evaluation imputes many masks per image). Mask kinds: ``random`` (each pixel removed
-with probability 0.5: many small regions, fast CG) and ``disc`` (a centred disc of 30 % of the pixels:
-one large region, the slow case for CG, whose steps grow with the region's diameter).
+call, vmapped or through ``jax.lax.map`` (the evaluation imputes many masks per image). Mask kinds:
+``random`` (each pixel removed with probability 0.5: many small regions, fast CG) and ``disc`` (a
+centred disc of 30 % of the pixels: one large region, the slow case for CG, whose steps grow with the
+region's diameter).
 
     .venv/bin/python benchmarks/bench_road.py                       # sides 8, 28, 112, 224
     .venv/bin/python benchmarks/bench_road.py --sides 8 28 --no-append

@@ -67,7 +67,7 @@ def main() -> None:
     names = ", ".join(f"{e.id} → {model.class_names[e.label]}" for e in images)
     notes = (f"Targets (top-1): {names}. Wall {wall:.0f} s, CPU {cpu:.0f} s for this invocation "
              f"({_common.load_note()}). Output folder: {args.out}.")
-    _common.report("Evaluation: EfficientNet-Lite0 on the sample images, U_t vs baselines "
+    _common.report("Evaluation: EfficientNet-Lite0 on the sample images, independent ROAD scoring "
                    "(our metric, after Kang et al.)", body, append=not args.no_append, notes=notes)
 
 

@@ -34,7 +34,9 @@ def road_impute(image: Any, removed: Any, key: jax.Array, *, noise: float = 0.01
     ``removed``: bool ``[H, W]``. ``key``: drives the noise only. ``noise``: standard deviation of the
     Gaussian noise added to removed pixels (0: deterministic). ``tol``: CG stops when the residual norm
     falls below ``tol`` times the right-hand side's; ``maxiter`` (default ``H·W``, the exact-arithmetic
-    bound) caps the steps. Batched use: ``jax.vmap(functools.partial(road_impute, noise=...))``.
+    bound) caps the steps. Batched use: ``jax.vmap(functools.partial(road_impute, noise=...))`` or
+    ``jax.lax.map``; on CPU vmap pays off for small images only (benchmarks/bench_road.py: faster per
+    mask at 8²–28², slower at 112²–224², where ``lax.map`` or one call per mask is faster).
     """
     image = jnp.asarray(image)
     removed = jnp.asarray(removed)

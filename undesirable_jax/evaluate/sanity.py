@@ -102,8 +102,11 @@ def randomise_layers(classifier: Any, layers: Sequence[str], key: jax.Array) -> 
     return clf.replace(params=jax.tree_util.tree_unflatten(treedef, new))
 
 
+Stage = tuple[tuple[str, ...], Classifier]
+
+
 def cascading_randomisation(classifier: Any, key: jax.Array, *, input_shape: Sequence[int] | None = None,
-                            layers: Sequence[str] | None = None) -> Iterator[tuple[tuple[str, ...], Classifier]]:
+                            layers: Sequence[str] | None = None) -> Iterator[Stage]:
     """Yield ``(randomised layers, classifier)``: first the trained model ``((), classifier)``, then one
     more layer randomised per stage, top layer first.
 

@@ -166,7 +166,7 @@ def paired_table(scores: Mapping[str, Any], *, nulls: Mapping[str, Any] | None =
 
 
 def confidence_bins(p_target: Any, edges: Sequence[float] = CONFIDENCE_EDGES) -> dict[str, np.ndarray]:
-    """Bool image masks by the model's p(t): ``p < 0.9``, ``0.9 ≤ p < 0.999``, ``p ≥ 0.999`` (default edges)."""
+    """Bool image masks by the model's p(t): ``p < 0.9``, ``0.9 ≤ p < 0.999``, ``p ≥ 0.999`` by default."""
     p = np.asarray(p_target, np.float64)
     e = [float(x) for x in edges]
     if p.ndim != 1 or np.any(~np.isfinite(p)):
@@ -182,7 +182,8 @@ def confidence_bins(p_target: Any, edges: Sequence[float] = CONFIDENCE_EDGES) ->
 
 def table_markdown(rows: Sequence[PairedRow], digits: int = 4) -> str:
     """A markdown table of paired rows (``a − b``, mean, interval, p, Holm p, n)."""
-    head = "| a | b | mean (a − b) | bootstrap CI | p (Wilcoxon) | p (Holm) | n |\n|---|---|---|---|---|---|---|"
+    head = ("| a | b | mean (a − b) | bootstrap CI | p (Wilcoxon) | p (Holm) | n |\n"
+            "|---|---|---|---|---|---|---|")
     f = f"{{:.{digits}g}}"
     lines = [f"| {r.a} | {r.b} | {f.format(r.mean)} | [{f.format(r.ci_low)}, {f.format(r.ci_high)}] | "
              f"{r.p:.3g} | {r.p_holm:.3g} | {r.n} |" for r in rows]
