@@ -16,7 +16,14 @@ class other than t: the wrong prediction when the model errs) and, per method, t
   (deletion, from the image) or after putting the top fraction f back onto the fill (insertion, from
   the fully filled image), f = 0, 1/steps, …, 1, and the areas under these curves (trapezoid in f).
 
-Everything is one jitted call, vectorised over images, methods and thresholds.
+Everything is one jitted call, vectorised over images, methods and thresholds (:func:`evaluate_maps`,
+for maps and fills given by the caller).
+
+The runner scores with the second half of this module instead: :func:`rankings` orders every pixel of
+each method's signed map (ties broken at random by key, so the order continues past U_t > 0),
+:func:`score_rankings` removes pixels with a scoring perturbation drawn from keys the maps were not
+built with (undesirable-first and least-undesirable-first, correction and margin suppression for U_t,
+U_c and their rank-normalised union), and :func:`score_own` scores U_t under a method's own fills.
 """
 
 from __future__ import annotations
@@ -222,11 +229,11 @@ def score_rankings(classifier: Classifier, image: jnp.ndarray, places: dict, tar
                    keys: jax.Array, *, laplace_n: float, batch_size: int) -> dict[str, dict]:
     """Score every method's rankings under one perturbation with the draws ``keys [D]``.
 
-    Per method: ``positive``-independent numbers at the thresholds ``percents`` and the curve fractions
-    f = 0, 1/curve_steps, …, 1: p(t) removing undesirable-first (MoRF on U_t) and least-undesirable-first
-    (LeRF), their gains, the area between the two curves, and, for each ranking (``ut``, ``uc``…,
-    ``union``), whether the top-1 class becomes ``label`` and the change of the margin
-    log2 p(t) − log2 p(c) in bits (positive: c suppressed against t).
+    Per method, at the thresholds ``percents`` and the curve fractions f = 0, 1/curve_steps, …, 1:
+    p(t) removing undesirable-first (MoRF on U_t) and least-undesirable-first (LeRF), their gains, the
+    area between the two curves, and, for each ranking (``ut``, ``uc``…, ``union``), whether the top-1
+    class becomes ``label`` and the change of the margin log2 p(t) − log2 p(c) in bits (positive: c
+    suppressed against t). ``places``: from :func:`rankings`.
     """
     h, w, _ = image.shape
     p_all = h * w
