@@ -88,7 +88,9 @@ def main() -> None:
     notes = (f"{n} images ({wrong} misclassified); wall {wall:.0f} s, CPU {cpu:.0f} s for this invocation "
              f"({_common.load_note()} at the end; a resumed run counts only the images it computed). "
              f"Output folder: {args.out}.")
-    _common.report(f"Evaluation: {args.set} CNN on {args.set}+corrupt, independent scoring (our metric, after Kang et al.)",
+    scored = "" if args.perturbation == "road" else f" with the {args.perturbation} perturbation instead of ROAD"
+    _common.report(f"Evaluation: {args.set} CNN on {args.set}+corrupt, independent scoring{scored} "
+                   "(our metric, after Kang et al.)",
                    body, append=not args.no_append, notes=notes)
 
 
