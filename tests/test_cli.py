@@ -306,20 +306,25 @@ def test_evaluate_digits_writes_results_summary_and_resumes(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["evaluate", "--dataset", "digits", "--model", "digits_cnn", "--limit", 3, "--window", 4, "--stride", 2,
             "--sampler", "constant", "--methods", "pda", "occlusion", "random", "--thresholds", 10, 50,
-            "--plain", "--occlusion-value", 0.5, "--out", out, "--no-progress"]
+            "--plain", "--occlusion-value", 0.5, "--sanity-images", 1, "--out", out, "--no-progress"]
     code, stdout, err = run_cli(argv, capsys)
     assert code == 0, err
     results = sorted((out / "results").glob("*.json"))
     assert len(results) == 3
     recs = [json.loads(p.read_text()) for p in results]
     assert {r["id"] for r in recs} == {f"digits/{i}" for i in (0, 5, 10)}  # test split: every 5th image
-    assert all(set(r["methods"]) == {"pda", "occlusion", "random"} and r["percents"] == [10.0, 50.0] for r in recs)
+    assert all(len(r["seeds"]) == 3 and r["percents"] == [10.0, 50.0] for r in recs)
+    assert all(set(s) == {"pda", "occlusion", "random"} for r in recs for s in r["seeds"])
+    assert sum("sanity" in r for r in recs) == 1
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["window"] == 4 and cfg["model"] == "digits_cnn" and cfg["dataset"] == "digits:test[:3]"
     assert cfg["decouple"] is False and cfg["occlusion_value"] == 0.5 and cfg["percents"] == [10.0, 50.0]
+    assert cfg["scoring"] == "road(noise=0.01)" and cfg["num_seeds"] == 3 and cfg["scoring_draws"] == 4
     summary = (out / "summary.md").read_text()
     assert "Our metric, after Kang et al." in summary and "| pda |" in summary
     assert (out / "removal_gain.png").is_file()
+    assert "| pda | random |" in (out / "comparisons.md").read_text()
+    assert "randomise:" in (out / "sanity.md").read_text() and "random_logit" in (out / "sanity.md").read_text()
 
     # Without --resume an existing run is refused; with it, finished images are kept as they are.
     code, _, err = run_cli(argv, capsys)
@@ -336,7 +341,8 @@ def test_evaluate_digits_writes_results_summary_and_resumes(tmp_path, capsys):
 def test_evaluate_split_over_two_processes_then_resume_merges(tmp_path, capsys):
     out = tmp_path / "split"
     argv = ["evaluate", "--dataset", "digits", "--model", "digits_cnn", "--limit", 2, "--window", 4, "--stride", 4,
-            "--sampler", "constant", "--methods", "pda", "random", "--thresholds", 25, "--out", out, "--no-progress"]
+            "--sampler", "constant", "--methods", "pda", "random", "--thresholds", 25, "--perturbation", "constant",
+            "--seeds", 1, "--out", out, "--no-progress"]
     code, stdout, err = run_cli(argv + ["--process-index", 0, "--process-count", 2], capsys)
     assert code == 0, err
     assert "merge" in stdout and not (out / "summary.md").exists()
@@ -351,6 +357,8 @@ def test_evaluate_split_over_two_processes_then_resume_merges(tmp_path, capsys):
     code, stdout, err = run_cli(argv + ["--resume"], capsys)   # one process: nothing left to do, then merge
     assert code == 0, err
     assert (out / "summary.md").is_file() and "summary:" in stdout
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["scoring"].startswith("constant(value=") and cfg["scoring_value"] > 0   # the pool's mean
 
 
 def test_evaluate_distributed_flags_need_distributed(tmp_path, capsys):

@@ -184,3 +184,20 @@ def test_tfds_missing_data_fails_without_network_saying_how_to_prepare(tmp_path,
     with pytest.raises(FileNotFoundError, match="not prepared"):
         data.tfds_source("imagenet2012", "validation", data_dir=tmp_path)
     assert no_network == [], f"tried to connect to {no_network}"
+
+
+def test_corrupted_adds_one_reproducible_copy_per_kind_with_stable_ids():
+    base = data.digits("test")
+    ds = data.corrupted(base, {"noise": 0.4, "blur": 1.2, "occlusion": 3})
+    n = len(base)
+    assert len(ds) == 4 * n and ds.ids[:n] == base.ids
+    assert ds.ids[n] == f"{base.ids[0]}+noise0.4" and ds.ids[3 * n] == f"{base.ids[0]}+occlusion3"
+    assert len(set(ds.ids)) == len(ds.ids)
+    np.testing.assert_array_equal(ds.labels[n:2 * n], base.labels)
+    again = data.corrupted(base, {"noise": 0.4, "blur": 1.2, "occlusion": 3})
+    np.testing.assert_array_equal(ds.images, again.images)
+    occluded = ds.images[3 * n:].astype(int)
+    assert all((im == 0).sum() >= 9 for im in occluded)            # a 3×3 black square in every copy
+    assert ds.images.dtype == np.uint8 and not np.array_equal(ds.images[n:2 * n], base.images)
+    with pytest.raises(ValueError, match="levels"):
+        data.corrupted(base, {"rain": 1.0})

@@ -32,7 +32,8 @@ def toy_images(n):
 
 
 CONFIG = ev.EvalConfig(model="toy", window=2, stride=2, num_samples=2, seed=3, dataset="toy6",
-                       percents=(5.0, 25.0), curve_steps=4, rise_masks=16, rise_cells=2)
+                       percents=(5.0, 25.0), curve_steps=4, rise_masks=16, rise_cells=2, num_seeds=2,
+                       scoring_draws=2)
 SAMPLER = uj.samplers.marginal(np.random.default_rng(5).uniform(size=(4, H, W, 3)))   # random fills
 
 
@@ -74,11 +75,16 @@ def test_uninterrupted_run_writes_one_result_per_image_and_a_summary(reference):
     assert sorted(res) == sorted(ids)
     assert len(list((out / "results").glob("*.json"))) == 6
     r = res["img/1"]
-    assert set(r["methods"]) == set(ev.METHODS)
-    assert len(r["methods"]["pda"]["removal_gain"]) == 2 and len(r["methods"]["pda"]["deletion"]) == 5
+    assert len(r["seeds"]) == 2 and all(set(s) == set(ev.METHODS) for s in r["seeds"])
+    pda = r["seeds"][0]["pda"]
+    assert len(pda["removal_gain"]) == 2 and len(pda["curve_morf"]) == 5 and len(pda["lerf_gain"]) == 2
+    assert set(pda["corrected"]) == {"ut", "uc", "uc_plain", "union"} and set(r["seeds"][0]["rise"]["corrected"]) == {
+        "ut", "uc", "union"}
+    assert r["seeds"][0]["random"]["own_gain"] is None and len(pda["own_gain"]) == 2
     stored = json.loads((out / "config.json").read_text())
     assert stored["window"] == 2 and stored["version"] == uj.__version__ and stored["sampler"].startswith("Marginal(")
-    for name in ("summary.md", "summary.csv", "removal_gain.png"):
+    assert stored["scoring"] == "road(noise=0.01)" and stored["num_seeds"] == 2
+    for name in ("summary.md", "summary.csv", "removal_gain.png", "comparisons.md", "comparisons.csv", "sanity.md"):
         assert (out / name).stat().st_size > 0
     assert (out / "removal_gain.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -153,17 +159,22 @@ def test_summary_table_matches_the_results(reference):
     res = list(results_by_id(out).values())
     rows = list(csv.DictReader((out / "summary.csv").open()))
     row = next(r for r in rows if r["metric"] == "removal_gain" and r["method"] == "pda" and float(r["q"]) == 25.0)
-    vals = [r["methods"]["pda"]["removal_gain"][1] for r in res]
+    vals = [np.mean([s["pda"]["removal_gain"][1] for s in r["seeds"]]) for r in res]
     assert int(row["n"]) == 6
     assert float(row["mean"]) == pytest.approx(np.mean(vals), rel=1e-6)
     from scipy import stats
     lo, hi = stats.t.interval(0.95, 5, loc=np.mean(vals), scale=stats.sem(vals))
     assert float(row["ci_low"]) == pytest.approx(lo, rel=1e-6) and float(row["ci_high"]) == pytest.approx(hi, rel=1e-6)
     wrong = [r for r in res if r["prediction"] != r["label"]]
-    corr = next(r for r in rows if r["metric"] == "correction_rate" and r["method"] == "rise" and float(r["q"]) == 5.0)
+    corr = next(r for r in rows if r["metric"] == "correction_rate:ut" and r["method"] == "rise" and float(r["q"]) == 5.0)
     assert int(corr["n"]) == len(wrong)
     md = (out / "summary.md").read_text()
-    assert "after Kang et al." in md and "| pda |" in md and "q = 25%" in md
+    assert "after Kang et al." in md and "| pda |" in md and "q = 25%" in md and "OWN construction" in md
+    comp = list(csv.DictReader((out / "comparisons.csv").open()))
+    pair = next(r for r in comp if r["metric"] == "removal_gain" and r["method"] == "pda" and r["versus"] == "random"
+                and float(r["q"]) == 25.0)
+    rand = [np.mean([s["random"]["removal_gain"][1] for s in r["seeds"]]) for r in res]
+    assert float(pair["mean"]) == pytest.approx(np.mean(np.subtract(vals, rand)), rel=1e-6, abs=1e-9)
 
 
 def test_wilson_interval_against_a_hand_computed_value():

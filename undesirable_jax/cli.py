@@ -104,12 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser(
         "evaluate", formatter_class=fmt, help="our metric (after Kang et al.) over a data set, resumable",
         description="Evaluate undesirable maps against baselines over a labelled data set with our metric, "
-                    "after Kang et al. (removal gain, correction rate, non-target suppression, deletion/insertion; "
-                    "the README's Evaluation results). One result file per image under OUT/results; rerunning with --resume skips "
-                    "finished images; OUT/summary.md, summary.csv and removal_gain.png at the end.")
+                    "after Kang et al. (removal gain undesirable-first and least-undesirable-first, correction rate, "
+                    "suppression; the README's Evaluation results). Maps are scored with perturbations drawn from "
+                    "keys no method was built with (ROAD by default). One result file per image under OUT/results; "
+                    "rerunning with --resume skips finished images; OUT/summary.md, summary.csv, removal_gain.png, "
+                    "comparisons.md/.csv (paired, every method against every other and the nulls) and "
+                    "sanity.md/.csv at the end.")
     v.add_argument("--dataset", required=True,
-                   help="digits | lfw (offline, built in) | folder:PATH (PATH/<class>/<images>) | tfds:NAME "
-                        "(a prepared tensorflow-datasets set)")
+                   help="digits | lfw (offline, built in) | digits+corrupt | lfw+corrupt (the split plus noisy, "
+                        "blurred and occluded copies at the levels of undesirable_jax.data.CORRUPTIONS) | "
+                        "folder:PATH (PATH/<class>/<images>) | tfds:NAME (a prepared tensorflow-datasets set)")
     v.add_argument("--split", default="test", help="split: test/train/all for digits and lfw, a tfds split for tfds:")
     v.add_argument("--data-dir", type=Path, default=None, help="tfds data directory (default: $TFDS_DATA_DIR)")
     v.add_argument("--limit", type=int, default=None, help="evaluate only the first LIMIT images of the split")
@@ -130,8 +134,18 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--plain", action="store_true", help="plain PDA U_c = max(0, R_c) instead of the decoupled U_c")
     v.add_argument("--rise-masks", type=int, default=500, help="masks of the RISE baseline")
     v.add_argument("--occlusion-value", type=float, default=0.0, help="fill of the occlusion baseline (model-input units)")
-    v.add_argument("--removal-samples", type=int, default=1,
-                   help="sampler fills averaged per removal in the metrics (the removal uses the PDA sampler)")
+    v.add_argument("--perturbation", choices=("road", "constant", "blur"), default="road",
+                   help="how the scoring removes pixels: road (ROAD's noisy linear imputation), constant (the mean "
+                        "of the pool images), blur (--scoring-sigma); every method is also scored under its own "
+                        "construction perturbation, reported separately")
+    v.add_argument("--scoring-draws", type=int, default=4,
+                   help="independent perturbation draws averaged per removal (keys disjoint from the methods')")
+    v.add_argument("--road-noise", type=float, default=0.01, help="ROAD: noise std on imputed pixels")
+    v.add_argument("--scoring-sigma", type=float, default=1.0, help="blur perturbation: sigma in pixels")
+    v.add_argument("--seeds", type=int, default=3,
+                   help="repeats of every method's construction and scoring, averaged per image")
+    v.add_argument("--sanity-images", type=int, default=0,
+                   help="the first N images also run the sanity checks (parameter randomisation, random logit)")
     v.add_argument("--batch-size", type=int, default=64, help="images per classifier call in the metrics and RISE")
     v.add_argument("--seed", type=int, default=0, help="run seed (each image's key is derived from it and its id)")
     v.add_argument("--out", type=Path, required=True, help="output folder")
@@ -516,13 +530,44 @@ def load_dataset(spec: str, split: str, data_dir: Path | None) -> tuple[Any, Any
     if spec in ("digits", "lfw"):
         loader = getattr(data, spec)
         return loader(split), loader("train")
+    if spec in ("digits+corrupt", "lfw+corrupt"):
+        name = spec.split("+")[0]
+        loader = getattr(data, name)
+        return data.corrupted(loader(split), data.CORRUPTIONS[name]), loader("train")
     if spec.startswith("folder:"):
         ds = data.image_folder(spec[len("folder:"):])
         return ds, ds
     if spec.startswith("tfds:"):
         ds = data.tfds_source(spec[len("tfds:"):], split, data_dir)
         return ds, ds
-    raise UsageError(f"--dataset: unknown data set {spec!r}; use digits, lfw, folder:PATH or tfds:NAME")
+    raise UsageError(f"--dataset: unknown data set {spec!r}; use digits, lfw, digits+corrupt, lfw+corrupt, "
+                     "folder:PATH or tfds:NAME")
+
+
+def _dataset_label(args: argparse.Namespace) -> str:
+    """The data set's label in the run's configuration, with the corruption levels where there are some."""
+    from . import data
+
+    label = f"{args.dataset}:{args.split}" + (f"[:{args.limit}]" if args.limit else "")
+    name = args.dataset.split("+")[0]
+    return label + (f" {data.CORRUPTIONS[name]}" if args.dataset.endswith("+corrupt") else "")
+
+
+def _eval_config(args: argparse.Namespace, model_name: str, num_samples: int, pool: Callable[[], Any]) -> Any:
+    """The :class:`~undesirable_jax.evaluate.EvalConfig` of ``evaluate``'s arguments (constant scoring: pool mean)."""
+    import numpy as np
+
+    from .evaluate import DEFAULT_PERCENTS, METHODS, EvalConfig
+
+    return EvalConfig(model=model_name, window=args.window, stride=args.stride, num_samples=num_samples,
+                      seed=args.seed, dataset=_dataset_label(args),
+                      methods=tuple(args.methods) if args.methods else METHODS,
+                      percents=tuple(args.thresholds) if args.thresholds else DEFAULT_PERCENTS,
+                      top_k=args.top_k, rise_masks=args.rise_masks, decouple=not args.plain,
+                      occlusion_value=args.occlusion_value, perturbation=args.perturbation,
+                      road_noise=args.road_noise, scoring_sigma=args.scoring_sigma,
+                      scoring_value=float(np.mean(pool())) if args.perturbation == "constant" else 0.0,
+                      scoring_draws=args.scoring_draws, num_seeds=args.seeds, sanity_images=args.sanity_images)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -531,9 +576,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from . import data, distributed
-    from .evaluate import DEFAULT_PERCENTS, METHODS, EvalConfig, merge, run
+    from .evaluate import merge, run
 
-    for name in ("limit", "pool_size", "top_k", "rise_masks", "chunk_size", "removal_samples", "batch_size"):
+    for name in ("limit", "pool_size", "top_k", "rise_masks", "chunk_size", "scoring_draws", "batch_size", "seeds"):
         _positive("--" + name.replace("_", "-"), getattr(args, name))
     if args.distributed and (args.process_index, args.process_count) != (0, 1):
         raise UsageError("--distributed: the process index and count come from jax.distributed; "
@@ -572,12 +617,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         return np.stack([prep(pool_set[i].image) for i in range(n)])
 
     sampler = make_sampler(args, pool, args.window, jax.random.fold_in(jax.random.key(args.seed), 1))
-    config = EvalConfig(model=model.name, window=args.window, stride=args.stride, num_samples=num_samples,
-                        seed=args.seed, dataset=f"{args.dataset}:{args.split}" + (f"[:{args.limit}]" if args.limit else ""),
-                        methods=tuple(args.methods) if args.methods else METHODS,
-                        percents=tuple(args.thresholds) if args.thresholds else DEFAULT_PERCENTS,
-                        top_k=args.top_k, rise_masks=args.rise_masks, decouple=not args.plain,
-                        occlusion_value=args.occlusion_value, removal_samples=args.removal_samples)
+    config = _eval_config(args, model.name, num_samples, pool)
     t0 = time.perf_counter()
     common = dict(preprocess=prep, chunk_size=args.chunk_size, batch_size=args.batch_size,
                   progress=not args.no_progress, mesh=None if args.mesh == "none" else "local")
@@ -592,7 +632,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(f"evaluated {config.dataset} with {model.name}: {done} result files in {out / 'results'} "
           f"({time.perf_counter() - t0:.1f} s)")
     if merged:
-        print(f"summary: {out / 'summary.md'}, {out / 'summary.csv'}, {out / 'removal_gain.png'}")
+        print(f"summary: {out / 'summary.md'}, {out / 'summary.csv'}, {out / 'removal_gain.png'}, "
+              f"{out / 'comparisons.md'}, {out / 'sanity.md'}")
     elif not args.distributed:
         print("several processes: once all have finished, run the same command with --merge-only")
     return 0

@@ -5,13 +5,14 @@ input and a :class:`Preprocessed` maps heatmaps back to the original pixels; ``d
 ``image_folder`` and ``tfds_source`` iterate as :class:`Example` records.
 """
 
-from .datasets import (ArraySet, Example, ImageFolder, TfdsSource, check_model_classes, check_tfds_prepared,
-                       digits, image_folder, lfw, tfds_source)
+from .datasets import (CORRUPTIONS, ArraySet, Example, ImageFolder, TfdsSource, check_model_classes,
+                       check_tfds_prepared, corrupt, corrupted, digits, image_folder, lfw, tfds_source)
 from .images import IMAGENET_CLASSES, SAMPLE_IMAGES, load_image, sample_image, short_name, to_rgb_uint8
 from .preprocess import EFFICIENTNET_LITE, TORCHVISION, Preprocessed, Preprocessor
 
 __all__ = [
-    "ArraySet", "EFFICIENTNET_LITE", "Example", "IMAGENET_CLASSES", "ImageFolder", "Preprocessed",
-    "Preprocessor", "SAMPLE_IMAGES", "TORCHVISION", "TfdsSource", "check_model_classes", "check_tfds_prepared", "digits",
+    "ArraySet", "CORRUPTIONS", "EFFICIENTNET_LITE", "Example", "IMAGENET_CLASSES", "ImageFolder", "Preprocessed",
+    "Preprocessor", "SAMPLE_IMAGES", "TORCHVISION", "TfdsSource", "check_model_classes", "check_tfds_prepared",
+    "corrupt", "corrupted", "digits",
     "image_folder", "lfw", "load_image", "sample_image", "short_name", "tfds_source", "to_rgb_uint8",
 ]

@@ -2,6 +2,9 @@
 
 - :func:`digits`: scikit-learn's 8x8 handwritten digits (1797 images, 10 classes).
 - :func:`lfw`: scikit-image's ``lfw_subset``, 25x25 faces (first 100) versus non-faces (last 100).
+- :func:`corrupted`: a set plus corrupted copies of every image (Gaussian noise, blur, an occluding
+  square), so a well-trained model makes enough errors to study; :data:`CORRUPTIONS` holds the
+  levels measured to give the shipped models 20–40 % errors (``digits+corrupt``, ``lfw+corrupt``).
 - :func:`image_folder`: ``root/<class name>/<image>``, class names sorted, images read on access.
 - :func:`tfds_source`: a prepared tensorflow-datasets set through ``tfds.data_source`` (random
   access, no TensorFlow); the data directory is checked first so a missing set fails at once
@@ -107,6 +110,61 @@ def lfw(split: str = "test") -> ArraySet:
     images = np.round(np.clip(x[idx], 0.0, 1.0) * 255.0).astype(np.uint8)
     return ArraySet(name="lfw", images=images, labels=labels[idx],
                     ids=tuple(f"lfw/{i}" for i in idx), class_names=LFW_CLASSES)
+
+
+CORRUPTION_KINDS = ("noise", "blur", "occlusion")
+CORRUPTIONS: dict[str, dict[str, float]] = {
+    "digits": {"noise": 0.4, "blur": 1.2, "occlusion": 3},
+    "lfw": {"noise": 0.8, "blur": 6.0, "occlusion": 12},
+}
+"""Corruption levels per built-in set, measured on the held-out split with the shipped CNNs (error
+rates of the corrupted copies, seed 0 — digits: noise 31 %, blur 31 %, occlusion 24 % (clean 1.9 %);
+lfw: noise 25 %, blur 28 %, occlusion 25 % (clean 5 %)): noise — Gaussian standard deviation as a fraction of the full range; blur —
+Gaussian sigma in pixels; occlusion — side in pixels of a black square at a random position."""
+
+
+def corrupt(image: np.ndarray, kind: str, level: float, rng: np.random.Generator) -> np.ndarray:
+    """One corrupted copy of a ``uint8`` image ``[H, W]`` or ``[H, W, C]`` (see :data:`CORRUPTIONS`)."""
+    x = np.asarray(image, np.float64)
+    if kind == "noise":
+        x = x + level * 255.0 * rng.standard_normal(x.shape)
+    elif kind == "blur":
+        from scipy.ndimage import gaussian_filter
+
+        x = gaussian_filter(x, sigma=(level, level) + (0,) * (x.ndim - 2), mode="nearest")
+    elif kind == "occlusion":
+        side = int(level)
+        h, w = x.shape[:2]
+        if not 1 <= side <= min(h, w):
+            raise ValueError(f"level: an occlusion side must lie in [1, {min(h, w)}], got {level!r}")
+        y0, x0 = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+        x = x.copy()
+        x[y0:y0 + side, x0:x0 + side] = 0.0
+    else:
+        raise ValueError(f"kind: expected one of {CORRUPTION_KINDS}, got {kind!r}")
+    return np.clip(np.round(x), 0, 255).astype(np.uint8)
+
+
+def corrupted(base: ArraySet, levels: dict[str, float], seed: int = 0) -> ArraySet:
+    """``base`` followed by one corrupted copy of each image per entry of ``levels`` (kind → level).
+
+    Copy ids are ``<id>+<kind><level>`` and its randomness comes from ``(seed, kind, position)``, so
+    the set and its ids are the same on every call (runs resume by id).
+    """
+    if not isinstance(base, ArraySet):
+        raise TypeError(f"base: expected an ArraySet (digits, lfw), got {type(base).__name__}")
+    unknown = [k for k in levels if k not in CORRUPTION_KINDS]
+    if not levels or unknown:
+        raise ValueError(f"levels: expected a non-empty dict with keys from {CORRUPTION_KINDS}, got {levels!r}")
+    images, labels, ids = [base.images], [base.labels], list(base.ids)
+    for k, (kind, level) in enumerate(levels.items()):
+        imgs = [corrupt(im, kind, level, np.random.default_rng([seed, CORRUPTION_KINDS.index(kind), i]))
+                for i, im in enumerate(base.images)]
+        images.append(np.stack(imgs))
+        labels.append(base.labels)
+        ids += [f"{i}+{kind}{level:g}" for i in base.ids]
+    return ArraySet(name=f"{base.name}+corrupt", images=np.concatenate(images), labels=np.concatenate(labels),
+                    ids=tuple(ids), class_names=base.class_names)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -1,20 +1,32 @@
 """Evaluation: our metric after Kang et al. (METHOD.md §4), baselines, and resumable runs over data sets.
 
-- :mod:`.removal`: which pixels (ranks, top-q% masks) and what replaces them (sampler fills).
-- :mod:`.metrics`: removal gain, correction, suppression, deletion/insertion — jitted, vectorised.
+- :mod:`.methods`: the evaluated methods as a registry (name → builder of signed maps).
+- :mod:`.keys`: the run's disjoint PRNG streams (build, score, rank, sanity).
+- :mod:`.removal`: which pixels (ranks, top-q% masks) and what replaces them (sampler fills, and the
+  scoring perturbations: ROAD imputation, a constant, blur).
+- :mod:`.metrics`: removal gain in both orders, correction, suppression, own-perturbation scores.
 - :mod:`.baselines`: random, occlusion, RISE (centred) and gradient × input maps.
+- :mod:`.road`: ROAD's noisy linear imputation (:func:`road_impute`), a removal that does not leak.
+- :mod:`.ranking`: pixel orders, descending by score, exact ties broken at random (:func:`rank_pixels`).
+- :mod:`.stats`: paired per-image differences: bootstrap intervals, Wilcoxon p, Holm, tables.
+- :mod:`.sanity`: Adebayo et al.'s cascading parameter randomisation and random-logit checks.
+- :mod:`.paste`: a pasted object patch as ground truth on real photographs (pointing game, mass share).
 - :mod:`.runner`: per-image result files, resume, process split, merge.
-- :mod:`.summary`: means with 95 % intervals, markdown/CSV tables, the removal-gain plot.
+- :mod:`.summary`: means with 95 % intervals, paired comparisons, sanity table, the removal-gain plot.
 """
 
-from . import baselines, metrics, removal, runner, summary
+from . import baselines, keys, methods, metrics, paste, ranking, removal, road, runner, sanity, stats, summary
 from .baselines import gradient_input, occlusion, random_maps, rise, rise_masks, signed_maps
+from .methods import BUILDERS, SignedMaps
 from .metrics import DEFAULT_PERCENTS, MapMetrics, MethodMaps, evaluate_maps
-from .removal import fill_image, ranks, top_masks
+from .ranking import rank_pixels
+from .removal import PERTURBATIONS, Perturbation, fill_image, ranks, top_masks
+from .road import road_impute
 from .runner import METHODS, EvalConfig, evaluate_image, merge, run
 
 __all__ = [
-    "DEFAULT_PERCENTS", "EvalConfig", "METHODS", "MapMetrics", "MethodMaps", "baselines", "evaluate_image",
-    "evaluate_maps", "fill_image", "gradient_input", "merge", "metrics", "occlusion", "random_maps",
-    "ranks", "removal", "rise", "rise_masks", "run", "runner", "signed_maps", "summary", "top_masks",
+    "BUILDERS", "DEFAULT_PERCENTS", "EvalConfig", "METHODS", "MapMetrics", "MethodMaps", "PERTURBATIONS",
+    "Perturbation", "SignedMaps", "baselines", "evaluate_image", "evaluate_maps", "fill_image", "gradient_input",
+    "keys", "merge", "methods", "metrics", "occlusion", "paste", "random_maps", "rank_pixels", "ranking", "ranks", "removal", "rise", "rise_masks",
+    "road", "road_impute", "run", "runner", "sanity", "signed_maps", "stats", "summary", "top_masks",
 ]

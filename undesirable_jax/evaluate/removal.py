@@ -16,6 +16,11 @@ The scoring half of the evaluation (METHOD.md §4) needs three things, kept sepa
 - *The classifier's view*: :func:`mixture_probs` classifies images that take the top pixels of a map
   from one source and the rest from another (removal: the fill replaces the top pixels; insertion:
   the image's own top pixels are put back onto the fill), in fixed-size jitted chunks.
+- *Scoring perturbations*: :class:`Perturbation` replaces a removed-pixel mask in one of three ways
+  (``road``: ROAD's noisy linear imputation from the kept neighbours, :func:`road_impute`;
+  ``constant``: one value, e.g. the data mean; ``blur``: the image's own Gaussian-blurred pixels), and
+  :func:`perturbed_probs` classifies the image under every (ranking, pixel count, key) with it. Unlike
+  a sampler fill it sees the mask, so nothing of a removed pixel leaks through its neighbours' fill.
 """
 
 from __future__ import annotations
@@ -27,9 +32,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flax import struct
+
 from ..classifiers import Classifier
-from ..samplers import Sampler
+from ..samplers import Sampler, gaussian_blur
 from ..windows import WindowGrid
+from .road import road_impute
+
+PERTURBATIONS = ("road", "constant", "blur")
 
 
 def ranks(maps: jnp.ndarray) -> jnp.ndarray:
@@ -116,3 +126,75 @@ def mixture_probs(classifier: Classifier, keep: jnp.ndarray, put: jnp.ndarray, p
 
     probs = jax.lax.map(chunk, idx).reshape(chunks * batch, -1)[:total]
     return probs.reshape(n, j, f, s, -1).mean(axis=3)
+
+
+@struct.dataclass
+class Perturbation:
+    """How the scoring removes pixels: ``kind`` in :data:`PERTURBATIONS` and its setting (all static).
+
+    ``value``: the constant (model-input units; the data mean is the usual choice). ``sigma``: the blur's
+    standard deviation in pixels. ``noise``: ROAD's noise standard deviation on removed pixels.
+    """
+
+    kind: str = struct.field(pytree_node=False)
+    value: float = struct.field(pytree_node=False, default=0.0)
+    sigma: float = struct.field(pytree_node=False, default=1.0)
+    noise: float = struct.field(pytree_node=False, default=0.01)
+
+    def __post_init__(self):
+        if self.kind not in PERTURBATIONS:
+            raise ValueError(f"kind: expected one of {PERTURBATIONS}, got {self.kind!r}")
+        for name in ("value", "sigma", "noise"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+                raise ValueError(f"{name}: expected a finite float, got {v!r}")
+        if self.sigma <= 0 or self.noise < 0:
+            raise ValueError(f"sigma, noise: need sigma > 0 and noise >= 0, got {self.sigma!r}, {self.noise!r}")
+
+    def apply(self, image: jnp.ndarray, removed: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
+        """``image [H, W, C]`` with the ``removed [H, W]`` bool pixels replaced; ``key`` drives ROAD's noise."""
+        if self.kind == "road":
+            return road_impute(image, removed, key, noise=float(self.noise))
+        fill = (jnp.full_like(image, self.value) if self.kind == "constant"
+                else gaussian_blur(image, float(self.sigma)))
+        return jnp.where(removed[..., None], fill, image)
+
+    def describe(self) -> str:
+        """A short label such as ``road(noise=0.01)``."""
+        setting = {"road": f"noise={self.noise:g}", "constant": f"value={self.value:g}",
+                   "blur": f"sigma={self.sigma:g}"}[self.kind]
+        return f"{self.kind}({setting})"
+
+
+def positions(order: jnp.ndarray) -> jnp.ndarray:
+    """The inverse of a pixel order ``[..., P]`` (flat pixel ids, first removed first): each pixel's place."""
+    return jnp.argsort(order, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("perturbation", "batch_size"))
+def perturbed_probs(classifier: Classifier, image: jnp.ndarray, places: jnp.ndarray, counts: jnp.ndarray,
+                    keys: jax.Array, *, perturbation: Perturbation, batch_size: int) -> jnp.ndarray:
+    """Class probabilities of ``image [H, W, C]`` with the first ``counts[f]`` pixels of each ranking removed.
+
+    ``places [J, H·W]``: each pixel's place in ranking j (:func:`positions`); pixel i is removed when
+    ``places[j, i] < counts[f]``. ``keys [D]``: one perturbation draw each, shared by every ranking and
+    count (common random numbers for paired comparisons). Returns ``[J, F, K]``, the mean over the D draws.
+    """
+    h, w, _ = image.shape
+    j, f, d = places.shape[0], counts.shape[0], keys.shape[0]
+    total = j * f * d
+    batch = max(1, min(int(batch_size), total))
+    chunks = -(-total // batch)
+    idx = jnp.minimum(jnp.arange(chunks * batch, dtype=jnp.int32), total - 1).reshape(chunks, batch)
+
+    def one(i):
+        i_j, rest = i // (f * d), i % (f * d)
+        i_f, i_d = rest // d, rest % d
+        removed = (places[i_j] < counts[i_f]).reshape(h, w)
+        return perturbation.apply(image, removed, keys[i_d])
+
+    def chunk(ids):
+        return classifier.probs(jax.vmap(one)(ids))
+
+    probs = jax.lax.map(chunk, idx).reshape(chunks * batch, -1)[:total]
+    return probs.reshape(j, f, d, -1).mean(axis=2)

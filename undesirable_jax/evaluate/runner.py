@@ -5,12 +5,15 @@ Layout of an output folder::
     <out>/config.json              the run's configuration (refuses a resume that differs)
     <out>/results/<image>.json     one per finished image, written atomically as it finishes
     <out>/summary.md, summary.csv  means and 95 % confidence intervals per method and q
-    <out>/removal_gain.png         removal gain against q
+    <out>/removal_gain.png         removal gain against q, both orders
+    <out>/comparisons.md, .csv     paired per-image differences: every method vs every other, zero, random
+    <out>/sanity.md, .csv          sanity checks (parameter randomisation, random logit) of the first images
 
 Re-running the same command skips the images whose result file exists, so a crash loses nothing
 finished. Work is split over processes by the image's position in the data set
 (``index % process_count == process_index``), and every image's randomness comes from the run seed
-and the image id, so any split gives exactly the results of one process; :func:`merge` then checks
+and the image id through the disjoint streams of :mod:`.keys` (maps built from ``build``, scoring
+draws from ``score``, tie-breaks from ``rank``), so any split gives exactly the results of one process; :func:`merge` then checks
 that every expected id has exactly one result and writes the summary.
 """
 
@@ -30,15 +33,15 @@ from tqdm.auto import tqdm
 
 from .. import io
 from ..classifiers import Classifier, as_classifier
-from ..engine import explain
-from ..factors import factors
 from ..samplers import Sampler
-from . import baselines, summary
-from .metrics import DEFAULT_PERCENTS, MethodMaps, evaluate_maps
-from .removal import fill_image
+from . import summary
+from .keys import part_keys, stream_key
+from .methods import BUILDERS, BuildContext, SignedMaps, usable
+from .metrics import DEFAULT_PERCENTS, image_probs, rankings, score_own, score_rankings
+from .removal import Perturbation, fill_image
 
-METHODS = ("pda", "occlusion", "rise", "gradient_input", "random")
-"""``pda``: U_t and (decoupled) U_c of the factors, support max(0, R_t); the others: :mod:`.baselines`."""
+METHODS = tuple(BUILDERS)
+"""``pda``: −R_t and U_c of the explanation; the others: :mod:`.baselines` (see :mod:`.methods`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,8 +49,12 @@ class EvalConfig:
     """What a run computes; stored as ``config.json`` and compared on resume.
 
     ``window``, ``stride``, ``num_samples``: the PDA settings (occlusion uses the same window and
-    stride). ``removal_samples``: fills averaged per removal in the metrics. ``dataset``: a label
-    for the data set (checked on resume like everything else).
+    stride). ``dataset``: a label for the data set (checked on resume like everything else).
+    Scoring: ``perturbation`` (``road``, ``constant`` or ``blur``; see :class:`.removal.Perturbation`)
+    with ``road_noise``, ``scoring_value`` (the constant, usually the data mean) and ``scoring_sigma``
+    (the blur); ``scoring_draws`` independent draws averaged per removal. ``num_seeds``: repeats of
+    every method's construction and scoring, each from its own keys. ``sanity_images``: images (the
+    first by data-set position) that also get the parameter-randomisation and random-logit checks.
     """
 
     model: str
@@ -59,22 +66,30 @@ class EvalConfig:
     methods: tuple[str, ...] = METHODS
     percents: tuple[float, ...] = DEFAULT_PERCENTS
     curve_steps: int = 10
-    removal_samples: int = 1
     top_k: int = 3
     decouple: bool = True
     occlusion_value: float = 0.0
     rise_masks: int = 500
     rise_cells: int = 7
     laplace_n: float = 100_000
+    perturbation: str = "road"
+    road_noise: float = 0.01
+    scoring_value: float = 0.0
+    scoring_sigma: float = 1.0
+    scoring_draws: int = 4
+    num_seeds: int = 3
+    sanity_images: int = 0
 
     def __post_init__(self):
-        for name in ("window", "stride", "num_samples", "curve_steps", "removal_samples", "top_k",
-                     "rise_masks", "rise_cells"):
+        for name in ("window", "stride", "num_samples", "curve_steps", "top_k", "rise_masks", "rise_cells",
+                     "scoring_draws", "num_seeds"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
-            raise ValueError(f"seed: expected an int >= 0, got {self.seed!r}")
+        for name in ("seed", "sanity_images"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise ValueError(f"{name}: expected an int >= 0, got {v!r}")
         methods = tuple(self.methods)
         unknown = [m for m in methods if m not in METHODS]
         if not methods or unknown or len(set(methods)) != len(methods):
@@ -84,6 +99,12 @@ class EvalConfig:
         if not pct or any(not (0 < q <= 100) for q in pct):
             raise ValueError(f"percents: expected percentages in (0, 100], got {self.percents!r}")
         object.__setattr__(self, "percents", pct)
+        self.scoring()   # validates the perturbation's settings
+
+    def scoring(self) -> Perturbation:
+        """The common scoring perturbation of this configuration."""
+        return Perturbation(self.perturbation, value=float(self.scoring_value), sigma=float(self.scoring_sigma),
+                            noise=float(self.road_noise))
 
 
 def describe_sampler(sampler: Sampler) -> str:
@@ -117,6 +138,7 @@ def config_record(config: EvalConfig, classifier: Classifier, sampler: Sampler) 
     rec = dataclasses.asdict(config)
     rec["methods"], rec["percents"] = list(config.methods), list(config.percents)
     rec["sampler"] = describe_sampler(sampler)
+    rec["scoring"] = config.scoring().describe()
     rec["model_params_sha256"] = _hash_arrays(jax.tree.leaves(classifier.params))
     rec["version"] = __version__
     return rec
@@ -152,84 +174,102 @@ def result_path(out_dir: str | Path, image_id: str) -> Path:
     return Path(out_dir) / "results" / f"{safe}.json"
 
 
-def image_key(seed: int, image_id: str) -> jax.Array:
-    """The image's key: the run seed folded with a hash of its id (not its position or process)."""
-    h = int.from_bytes(hashlib.sha256(image_id.encode()).digest()[:4], "little") & 0x7FFFFFFF
-    return jax.random.fold_in(jax.random.key(seed), h)
+def build_maps(ctx: BuildContext, names: Sequence[str], key: jax.Array) -> dict[str, SignedMaps]:
+    """Every method's maps for one repeat; method ``m`` builds with ``fold_in(key, METHODS.index(m))``."""
+    return {n: BUILDERS[n](ctx, jax.random.fold_in(key, METHODS.index(n))) for n in names}
+
+
+def own_fills(own: str | float, ctx: BuildContext, keys: jax.Array) -> jnp.ndarray:
+    """The fills ``[S, H, W, C]`` of a method's own construction perturbation (fresh scoring keys)."""
+    if own == "sampler":
+        return jnp.stack([fill_image(ctx.sampler, ctx.image, ctx.config.window, k) for k in keys])
+    return jnp.full((1, *ctx.image.shape), float(own), jnp.float32)
+
+
+def score_maps(ctx: BuildContext, maps: dict[str, SignedMaps], label: int, image_id: str, repeat: int) -> dict:
+    """All scores of one repeat's maps, every draw from the ``score`` and ``rank`` streams."""
+    cfg = ctx.config
+    places = rankings(maps, stream_key(cfg.seed, "rank", image_id, repeat))
+    score = stream_key(cfg.seed, "score", image_id, repeat)
+    common = score_rankings(ctx.classifier, ctx.image, places, ctx.target, ctx.competitor, label, cfg.percents,
+                            cfg.curve_steps, cfg.scoring(), part_keys(jax.random.fold_in(score, 0), cfg.scoring_draws),
+                            laplace_n=cfg.laplace_n, batch_size=ctx.batch_size)
+    own_keys = part_keys(jax.random.fold_in(score, 1), cfg.scoring_draws)
+    for name, m in maps.items():
+        rec = common[name]
+        rec["positive"] = int(jnp.sum(m.against > 0))
+        rec["own_gain"] = None if m.own is None else score_own(
+            ctx.classifier, ctx.image, places[name]["ut"], own_fills(m.own, ctx, own_keys), ctx.target,
+            cfg.percents, batch_size=ctx.batch_size).tolist()
+    return common
 
 
 def evaluate_image(classifier: Any, image: Any, label: int, config: EvalConfig, sampler: Sampler,
-                   key: jax.Array, *, chunk_size: int | None = None, batch_size: int = 64,
-                   mesh: Any = None) -> dict:
-    """Every method's maps and metrics for one preprocessed image ``[H, W, C]``: a JSON-ready dict.
+                   image_id: str, *, chunk_size: int | None = None, batch_size: int = 64,
+                   mesh: Any = None, sanity: bool = False) -> dict:
+    """Every method's maps and scores for one preprocessed image ``[H, W, C]``, ``config.num_seeds`` times.
 
     The target t is the true ``label``; the competitor c is the most probable other class (ties: the
-    lower id), i.e. the wrong prediction when the model errs.
+    lower id), i.e. the wrong prediction when the model errs. Maps are built from the ``build`` key
+    stream and scored with draws from the ``score`` stream (:mod:`.keys`), so no method is scored with a
+    realisation it was built with. ``sanity``: also run the sanity checks (:func:`sanity_record`).
     """
     clf = as_classifier(classifier)
     img = jnp.asarray(image, jnp.float32)
     if img.ndim != 3:
         raise ValueError(f"image: expected one preprocessed image [H, W, C], got shape {img.shape}")
-    probs = np.asarray(clf.probs(img[None])[0])
+    probs = np.asarray(image_probs(clf, img))
     k = probs.shape[0]
     if not 0 <= int(label) < k:
         raise ValueError(f"label: {label} is outside the classifier's classes [0, {k})")
     t = int(label)
     others = np.where(np.arange(k) == t, -np.inf, probs)
-    order = np.lexsort((np.arange(k), -others))              # p descending, id ascending
-    c = int(order[0])
-    top_k = min(config.top_k, k - 1)
-    h, w = img.shape[:2]
-    keys = {name: jax.random.fold_in(key, i) for i, name in enumerate(("pda", "rise", "random", "fill"))}
+    c = int(np.lexsort((np.arange(k), -others))[0])            # p descending, id ascending
+    ctx = BuildContext(clf, img, t, c, config, sampler, chunk_size, batch_size, mesh)
+    skipped = {m: usable(m, classifier) for m in config.methods if usable(m, classifier)}
+    names = [m for m in config.methods if m not in skipped]
+    seeds = [score_maps(ctx, build_maps(ctx, names, stream_key(config.seed, "build", image_id, r)), t, image_id, r)
+             for r in range(config.num_seeds)]
+    rec = {"label": t, "target": t, "competitor": c, "prediction": int(np.argmax(probs)),
+           "p_target": float(probs[t]), "p_competitor": float(probs[c]), "percents": list(config.percents),
+           "fractions": np.linspace(0.0, 1.0, config.curve_steps + 1).tolist(), "skipped": skipped,
+           "seeds": seeds}
+    if sanity:
+        rec["sanity"] = sanity_record(ctx, names, image_id)
+    return rec
 
-    fills = jnp.stack([fill_image(sampler, img, config.window, keys["fill"], s)
-                       for s in range(config.removal_samples)])
-    maps = {}
-    for name in config.methods:
-        if name == "pda":
-            expl = explain(clf, img, window=config.window, stride=config.stride, sampler=sampler,
-                           num_samples=config.num_samples, key=keys["pda"], chunk_size=chunk_size,
-                           classes=None, laplace_n=config.laplace_n, mesh=mesh)  # all rows: factors' stable q
-            f = factors(expl, target=t, top_k=top_k, decouple=config.decouple)
-            nt = np.asarray(f.non_target_classes)
-            if nt[0] != c:
-                raise RuntimeError(f"factors ranked competitor {nt[0]} first, the evaluation expected {c}")
-            maps[name] = MethodMaps(support=jnp.maximum(0.0, expl.evidence[expl.row(t)]),
-                                    undesirable=f.target, competitor=f.non_target[0])
-        elif name == "occlusion":
-            r = baselines.occlusion(clf, img, [t, c], window=config.window, stride=config.stride,
-                                    value=config.occlusion_value, chunk_size=chunk_size,
-                                    laplace_n=config.laplace_n, mesh=mesh)
-            maps[name] = baselines.signed_maps(r[0], r[1])
-        elif name == "rise":
-            r = baselines.rise(clf, img, fills[0], [t, c], keys["rise"], num_masks=config.rise_masks,
-                               cells=config.rise_cells, batch_size=batch_size)
-            maps[name] = baselines.signed_maps(r[0], r[1])
-        elif name == "gradient_input":
-            r = baselines.gradient_input(clf, img, [t, c])
-            maps[name] = baselines.signed_maps(r[0], r[1])
-        else:
-            maps[name] = baselines.random_maps(keys["random"], h, w)
-    stacked = jax.tree.map(lambda *a: jnp.stack(a)[None], *[maps[m] for m in config.methods])
-    res = evaluate_maps(clf, img[None], stacked, [t], [c], [t], fills[None], percents=config.percents,
-                        curve_steps=config.curve_steps, laplace_n=config.laplace_n, batch_size=batch_size)
-    res = jax.tree.map(np.asarray, res)
-    per_method = {}
-    for i, name in enumerate(config.methods):
-        per_method[name] = {
-            "removal_p": res.removal_p[0, i].tolist(),
-            "removal_gain": res.removal_gain[0, i].tolist(),
-            "log_odds_gain": res.log_odds_gain[0, i].tolist(),
-            "suppression": res.suppression[0, i].tolist(),
-            "corrected": res.corrected[0, i].tolist(),
-            "deletion": res.deletion[0, i].tolist(),
-            "insertion": res.insertion[0, i].tolist(),
-            "deletion_auc": float(res.deletion_auc[0, i]),
-            "insertion_auc": float(res.insertion_auc[0, i]),
-        }
-    return {"label": t, "target": t, "competitor": c, "prediction": int(res.prediction[0]),
-            "p_target": float(res.p_target[0]), "p_competitor": float(res.p_competitor[0]),
-            "percents": list(config.percents), "fractions": res.fractions.tolist(), "methods": per_method}
+
+def sanity_record(ctx: BuildContext, names: Sequence[str], image_id: str) -> dict[str, dict[str, float]]:
+    """The sanity checks of one image: per method, Spearman ρ against the trained model's map.
+
+    ``randomise:<layer>``: the ``against`` map (−R_t) after cascading parameter randomisation down to
+    ``<layer>``, top layer first (classifiers whose parameters are a pytree; none otherwise).
+    ``random_logit``: the competitor map for c against the same method's map for a random class other
+    than t and c, built with the same keys. Every map here is built from the ``sanity`` stream's keys.
+    """
+    from . import sanity
+
+    key = stream_key(ctx.config.seed, "sanity", image_id)
+    trained = build_maps(ctx, names, jax.random.fold_in(key, 0))
+    out: dict[str, dict[str, float]] = {n: {} for n in names}
+    if jax.tree.leaves(ctx.classifier.params):
+        stages = sanity.cascading_randomisation(ctx.classifier, jax.random.fold_in(key, 1),
+                                                input_shape=ctx.image.shape)
+        for done, clf in list(stages)[1:]:
+            other = build_maps(dataclasses.replace(ctx, classifier=clf), names, jax.random.fold_in(key, 0))
+            for n in names:
+                out[n][f"randomise:{done[-1]}"] = sanity.spearman_maps(trained[n].against, other[n].against)
+    probs = image_probs(ctx.classifier, ctx.image)
+    if probs.shape[0] > 2:                       # a class other than t and c exists
+        masked = probs.at[ctx.competitor].set(jnp.inf).at[ctx.target].set(-jnp.inf)
+        c2 = int(sanity.random_other_class(masked, jax.random.fold_in(key, 2)))   # never c (top), redrawn if t
+        k = 3
+        while c2 == ctx.target:
+            c2, k = int(sanity.random_other_class(masked, jax.random.fold_in(key, k))), k + 1
+        swapped = build_maps(dataclasses.replace(ctx, competitor=c2), names, jax.random.fold_in(key, 0))
+        for n in names:
+            out[n]["random_logit"] = sanity.spearman_maps(trained[n].competitors["uc"], swapped[n].competitors["uc"])
+    return out
 
 
 def run(out_dir: str | Path, dataset: Iterable[Any], classifier: Any, config: EvalConfig, sampler: Sampler, *,
@@ -252,14 +292,7 @@ def run(out_dir: str | Path, dataset: Iterable[Any], classifier: Any, config: Ev
 
     Returns the ids of the whole data set, in order (for :func:`merge`).
     """
-    if not isinstance(config, EvalConfig):
-        raise TypeError(f"config: expected an EvalConfig, got {type(config).__name__}")
-    for name, v in (("process_count", process_count), ("process_index", process_index)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise TypeError(f"{name}: expected an int, got {type(v).__name__} {v!r}")
-    if process_count < 1 or not 0 <= process_index < process_count:
-        raise ValueError(f"process_index, process_count: need 0 <= process_index < process_count, got "
-                         f"{process_index} and {process_count}")
+    _check_run_args(config, process_index, process_count)
     clf = as_classifier(classifier)
     out_dir = Path(out_dir)
     record = config_record(config, clf, sampler)
@@ -278,8 +311,8 @@ def run(out_dir: str | Path, dataset: Iterable[Any], classifier: Any, config: Ev
             if ex.id != image_id:
                 raise ValueError(f"dataset: example {index} has id {ex.id!r} but dataset.ids says {image_id!r}")
             image = ex.image if preprocess is None else preprocess(ex.image)
-            rec = evaluate_image(clf, image, int(ex.label), config, sampler, image_key(config.seed, image_id),
-                                 chunk_size=chunk_size, batch_size=batch_size, mesh=mesh)
+            rec = evaluate_image(classifier, image, int(ex.label), config, sampler, image_id, chunk_size=chunk_size,
+                                 batch_size=batch_size, mesh=mesh, sanity=index < config.sanity_images)
             io.write_json(path, {"id": image_id, "index": index, "config_sha256": digest, **rec})
         bar.update(1)
 
@@ -302,6 +335,17 @@ def run(out_dir: str | Path, dataset: Iterable[Any], classifier: Any, config: Ev
     if summarize and process_count == 1:
         merge(out_dir, ids)
     return ids
+
+
+def _check_run_args(config: Any, process_index: Any, process_count: Any) -> None:
+    if not isinstance(config, EvalConfig):
+        raise TypeError(f"config: expected an EvalConfig, got {type(config).__name__}")
+    for name, v in (("process_count", process_count), ("process_index", process_index)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"{name}: expected an int, got {type(v).__name__} {v!r}")
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(f"process_index, process_count: need 0 <= process_index < process_count, got "
+                         f"{process_index} and {process_count}")
 
 
 def _known_ids(dataset: Any) -> list[str] | None:

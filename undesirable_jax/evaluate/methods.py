@@ -1,0 +1,136 @@
+"""The evaluated methods as a registry: name → a builder of that method's signed maps for one image.
+
+Every builder gets the image, the target t and competitor c, and its own construction key (from the
+``build`` stream of :mod:`.keys`), and returns :class:`SignedMaps`:
+
+- ``against`` ``[H, W]``: signed evidence against the target (−R_t for PDA, −attribution for the
+  baselines). The scoring ranks all pixels by it, so the order continues past its positive set (U_t).
+- ``competitors``: the competitor maps by label; ``"uc"`` comes first (PDA: the decoupled U_c when
+  ``config.decouple``, else the plain one; baselines: their plain R_c), PDA adds ``"uc_plain"`` (R_c)
+  when ``"uc"`` is decoupled.
+- ``own``: the perturbation the method was built with, to score it a second time "under its own
+  construction perturbation": ``"sampler"`` (fills from the run's sampler), a constant value, or None.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..engine import explain
+from ..factors import factors
+from ..samplers import Sampler
+from . import baselines
+from .removal import fill_image
+
+
+@dataclasses.dataclass(frozen=True)
+class SignedMaps:
+    """One method's maps for one image (see the module docstring)."""
+
+    against: jnp.ndarray
+    competitors: dict[str, jnp.ndarray]
+    own: str | float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildContext:
+    """What every builder may use: classifier, image ``[H, W, C]``, t, c, run settings."""
+
+    classifier: Any
+    image: jnp.ndarray
+    target: int
+    competitor: int
+    config: Any
+    sampler: Sampler
+    chunk_size: int | None = None
+    batch_size: int = 64
+    mesh: Any = None
+
+
+def _pda(ctx: BuildContext, key: jax.Array) -> SignedMaps:
+    cfg = ctx.config
+    expl = explain(ctx.classifier, ctx.image, window=cfg.window, stride=cfg.stride, sampler=ctx.sampler,
+                   num_samples=cfg.num_samples, key=key, chunk_size=ctx.chunk_size, classes=None,
+                   laplace_n=cfg.laplace_n, mesh=ctx.mesh)          # all rows: factors' stable q
+    r_t, r_c = expl.evidence[expl.row(ctx.target)], expl.evidence[expl.row(ctx.competitor)]
+    if not cfg.decouple:
+        return SignedMaps(against=-r_t, competitors={"uc": r_c}, own="sampler")
+    return SignedMaps(against=-r_t, competitors={"uc": _decoupled(expl, ctx), "uc_plain": r_c}, own="sampler")
+
+
+def _decoupled(expl: Any, ctx: BuildContext) -> jnp.ndarray:
+    """PDA's decoupled U_c for ``ctx.competitor`` (from the factors' ranked competitors, all if needed)."""
+    k = min(ctx.config.top_k, expl.num_classes - 1)
+    for top_k in (k, expl.num_classes - 1):
+        f = factors(expl, target=ctx.target, top_k=top_k, decouple=True)
+        hits = np.flatnonzero(np.asarray(f.non_target_classes) == ctx.competitor)
+        if hits.size:
+            return f.non_target[int(hits[0])]
+    raise ValueError(f"competitor: class {ctx.competitor} is not among the explanation's classes")
+
+
+def _occlusion(ctx: BuildContext, key: jax.Array) -> SignedMaps:
+    cfg = ctx.config
+    r = baselines.occlusion(ctx.classifier, ctx.image, [ctx.target, ctx.competitor], window=cfg.window,
+                            stride=cfg.stride, value=cfg.occlusion_value, chunk_size=ctx.chunk_size,
+                            laplace_n=cfg.laplace_n, mesh=ctx.mesh)
+    return SignedMaps(against=-r[0], competitors={"uc": r[1]}, own=float(cfg.occlusion_value))
+
+
+def _rise(ctx: BuildContext, key: jax.Array) -> SignedMaps:
+    cfg = ctx.config
+    fill = fill_image(ctx.sampler, ctx.image, cfg.window, jax.random.fold_in(key, 1))
+    r = baselines.rise(ctx.classifier, ctx.image, fill, [ctx.target, ctx.competitor], jax.random.fold_in(key, 0),
+                       num_masks=cfg.rise_masks, cells=cfg.rise_cells, batch_size=ctx.batch_size)
+    return SignedMaps(against=-r[0], competitors={"uc": r[1]}, own="sampler")
+
+
+def _gradient_input(ctx: BuildContext, key: jax.Array) -> SignedMaps:
+    r = baselines.gradient_input(ctx.classifier, ctx.image, [ctx.target, ctx.competitor])
+    return SignedMaps(against=-r[0], competitors={"uc": r[1]}, own=0.0)   # reference 0
+
+
+def _random(ctx: BuildContext, key: jax.Array) -> SignedMaps:
+    h, w = ctx.image.shape[:2]
+    m = baselines.random_maps(key, h, w)
+    return SignedMaps(against=m.undesirable, competitors={"uc": m.competitor}, own=None)
+
+
+BUILDERS: dict[str, Callable[[BuildContext, jax.Array], SignedMaps]] = {
+    "pda": _pda, "occlusion": _occlusion, "rise": _rise, "gradient_input": _gradient_input, "random": _random}
+"""The methods by name, in the order the runner reports them."""
+
+NEEDS_GRADIENTS = ("gradient_input",)
+
+
+def usable(name: str, classifier: Any) -> str | None:
+    """None when ``name`` can run on ``classifier``, else the reason it is skipped."""
+    # Classifiers without gradients (black boxes) declare differentiable = False; the default is True.
+    if name in NEEDS_GRADIENTS and not getattr(classifier, "differentiable", True):
+        return f"{name} skipped: the classifier declares no gradients (differentiable = False)"
+    return None
+
+
+def average_windows(maps: list[SignedMaps]) -> SignedMaps:
+    """One map from several window sizes: the mean of each size's maps after scaling each to max |value| 1.
+
+    Scaling first keeps one window size (whose evidence sums over more or fewer windows per pixel)
+    from dominating the average; competitor maps are averaged label by label (labels all maps share).
+    ``own`` is None: the average was built under no single perturbation.
+    """
+    if not maps:
+        raise ValueError("maps: expected the maps of at least one window size")
+
+    def scaled(a: jnp.ndarray) -> jnp.ndarray:
+        top = jnp.max(jnp.abs(a))
+        return jnp.where(top > 0, a / jnp.where(top > 0, top, 1.0), 0.0)
+
+    labels = [lab for lab in maps[0].competitors if all(lab in m.competitors for m in maps)]
+    return SignedMaps(against=jnp.mean(jnp.stack([scaled(m.against) for m in maps]), axis=0),
+                      competitors={lab: jnp.mean(jnp.stack([scaled(m.competitors[lab]) for m in maps]), axis=0)
+                                   for lab in labels}, own=None)

@@ -1,0 +1,98 @@
+"""ROAD's noisy linear imputation (Rong et al., ICML 2022): removal without a fill that leaks the class.
+
+A removed pixel ``i`` takes the weighted mean of its in-image 8-neighbours ``j``,
+``x_i = Σ_j w_ij x_j / Σ_j w_ij`` (``w = 1/6`` for the 4 edge neighbours, ``1/12`` for the 4 diagonal
+ones), where the kept pixels are fixed and the removed ones are unknowns; each channel is solved on its
+own. Multiplying by the degree ``d_i = Σ_j w_ij`` gives ``(D − W)_RR x_R = W_RK x_K``: the graph
+Laplacian restricted to the removed pixels ``R``. On a connected region of removed pixels that touches a
+kept pixel this matrix is irreducibly diagonally dominant, hence symmetric positive definite, and
+conjugate gradient (matrix-free, a few shifted adds per step) solves it. A region that touches no kept
+pixel has no boundary value: its block is singular and every constant solves it. Such regions take the
+per-channel mean of the kept pixels (of the whole image when nothing is kept). They are found exactly,
+by flooding the kept set through removed pixels until it stops growing, and are held out of the solve
+(identity rows), so the solved system is SPD whatever the mask.
+
+Last, Gaussian noise of standard deviation ``noise`` is added to the removed pixels only; kept pixels
+are returned bitwise unchanged. The key drives the noise alone.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+
+def road_impute(image: Any, removed: Any, key: jax.Array, *, noise: float = 0.01, tol: float = 1e-6,
+                maxiter: int | None = None) -> jnp.ndarray:
+    """Impute the ``removed`` pixels of ``image`` ``[H, W, C]`` as ROAD does; returns ``[H, W, C]`` float32.
+
+    ``removed``: bool ``[H, W]``. ``key``: drives the noise only. ``noise``: standard deviation of the
+    Gaussian noise added to removed pixels (0: deterministic). ``tol``: CG stops when the residual norm
+    falls below ``tol`` times the right-hand side's; ``maxiter`` (default ``H·W``, the exact-arithmetic
+    bound) caps the steps. Batched use: ``jax.vmap(functools.partial(road_impute, noise=...))`` or
+    ``jax.lax.map``; on CPU vmap pays off for small images only (benchmarks/bench_road.py: faster per
+    mask at 8²–28², slower at 112²–224², where ``lax.map`` or one call per mask is faster).
+    """
+    image = jnp.asarray(image)
+    removed = jnp.asarray(removed)
+    if image.ndim != 3:
+        raise ValueError(f"image: expected [H, W, C], got shape {image.shape}")
+    if removed.shape != image.shape[:2]:
+        raise ValueError(f"removed: expected a bool mask of shape {image.shape[:2]}, got {removed.shape}")
+    if removed.dtype != jnp.bool_:
+        raise TypeError(f"removed: expected dtype bool, got {removed.dtype}; pass mask.astype(bool)")
+    if not isinstance(noise, (int, float)) or isinstance(noise, bool) or not noise >= 0:
+        raise ValueError(f"noise: expected a float >= 0, got {noise!r}")
+    if not isinstance(tol, (int, float)) or not 0 < tol < 1:
+        raise ValueError(f"tol: expected a float in (0, 1), got {tol!r}")
+    h, w = removed.shape
+    maxiter = h * w if maxiter is None else maxiter
+    if isinstance(maxiter, bool) or not isinstance(maxiter, (int, np.integer)) or maxiter < 1:
+        raise ValueError(f"maxiter: expected an int >= 1, got {maxiter!r}")
+    return _road_impute(image.astype(jnp.float32), removed, key, jnp.float32(noise), tol=float(tol),
+                        maxiter=int(maxiter))
+
+
+@functools.partial(jax.jit, static_argnames=("tol", "maxiter"))
+def _road_impute(image, removed, key, noise, *, tol, maxiter):
+    imputed = linear_impute(image, removed, tol=tol, maxiter=maxiter)
+    eps = jax.random.normal(key, image.shape, jnp.float32)
+    return jnp.where(removed[..., None], imputed + noise * eps, image)
+
+
+def neighbour_sum(x: jnp.ndarray) -> jnp.ndarray:
+    """``Σ_j w_ij x_j`` over the in-image 8-neighbours of every pixel of ``x`` ``[H, W, ...]``.
+
+    The weights are ``([1, 2, 1]ᵀ[1, 2, 1] − 4·δ) / 12``: two 3-tap passes (zero padding drops the
+    out-of-image neighbours) minus the centre, instead of eight shifted slices.
+    """
+    h, w = x.shape[:2]
+    rest = [(0, 0)] * (x.ndim - 2)
+    p = jnp.pad(x, [(1, 1), (0, 0)] + rest)
+    col = p[:h] + 2.0 * p[1:h + 1] + p[2:]
+    p = jnp.pad(col, [(0, 0), (1, 1)] + rest)
+    box = p[:, :w] + 2.0 * p[:, 1:w + 1] + p[:, 2:]
+    return (box - 4.0 * x) * (1.0 / 12.0)
+
+
+def linear_impute(image: jnp.ndarray, removed: jnp.ndarray, *, tol: float = 1e-6,
+                  maxiter: int = 10_000) -> jnp.ndarray:
+    """The noise-free imputation ``[H, W, C]`` (module docstring); kept pixels pass through unchanged."""
+    kept = ~removed
+    rm = removed[..., None]
+    degree = neighbour_sum(jnp.ones(removed.shape, jnp.float32))[..., None]
+
+    def matvec(x):                                  # (D − W) on the removed pixels, identity elsewhere
+        return jnp.where(rm, degree * x - neighbour_sum(jnp.where(rm, x, 0.0)), x)
+
+    # All removed: rhs = 0, so CG returns x0 = 0 at once and the image mean below takes over.
+    rhs = jnp.where(rm, neighbour_sum(jnp.where(kept[..., None], image, 0.0)), 0.0)
+    x, _ = jax.scipy.sparse.linalg.cg(matvec, rhs, x0=rhs / degree, tol=tol, maxiter=maxiter,
+                                      M=lambda r: r / degree)
+    x = jnp.where(jnp.any(kept), x, jnp.mean(image, axis=(0, 1)))
+    return jnp.where(kept[..., None], image, x)
