@@ -12,14 +12,14 @@ import pytest
 
 from undesirable_jax.checks import BadFileError
 from undesirable_jax.evaluate import rundir
-from undesirable_jax.evaluate.runner import config_digest
+from undesirable_jax.io import json_digest as config_digest
 
 RECORD = {"model": "m", "window": 2, "seed": 0}
 
 
 def a_result(digest: str, image_id: str = "digits/0") -> dict:
     keys = dict.fromkeys(rundir.RESULT_KEYS, 0)
-    return keys | {"id": image_id, "config_sha256": digest, "methods": {}}
+    return keys | {"id": image_id, "config_sha256": digest, "skipped": {}, "seeds": []}
 
 
 @pytest.mark.parametrize("content, words", [

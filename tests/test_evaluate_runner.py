@@ -292,3 +292,31 @@ def test_random_access_sets_load_only_this_process_unfinished_images(reference, 
     bad.ids = ("img/0", "img/0", "img/2")
     with pytest.raises(ValueError, match="unique"):
         ev.run(tmp_path / "bad", bad, toy, CONFIG, SAMPLER, progress=False)
+
+
+def test_run_folder_is_locked_per_share_and_damaged_files_are_named(tmp_path):
+    """Two processes with the same share are refused (the lock names the first); a damaged result names
+    its file; a deleted config.json comes back from the results on resume."""
+    import os
+    import socket
+
+    from undesirable_jax.checks import BadFileError
+
+    out = tmp_path / "run"
+    images = toy_images(3)
+    runner.run(out, images, toy, CONFIG, SAMPLER, progress=False)
+    lock = out / ".lock-0-of-1"
+    assert not lock.exists()                                   # released after the run
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": 0}))
+    with pytest.raises(ValueError, match=f"being evaluated by process {os.getpid()}"):
+        runner.run(out, images, toy, CONFIG, SAMPLER, progress=False)
+    runner.run(out, images, toy, CONFIG, SAMPLER, process_index=1, process_count=2, progress=False,
+               summarize=False)                                # another share runs beside it
+    lock.unlink()
+    (out / "config.json").unlink()
+    runner.run(out, images, toy, CONFIG, SAMPLER, progress=False)   # restored from the matching results
+    assert (out / "config.json").exists()
+    victim = sorted((out / "results").glob("*.json"))[0]
+    victim.write_text("{}")
+    with pytest.raises(BadFileError, match=f"(?s){victim.name}.*lacks.*--resume"):
+        runner.run(out, images, toy, CONFIG, SAMPLER, progress=False)

@@ -128,14 +128,10 @@ def test_planted_region_rises_undesirable_first_and_beats_random(tmp_path):
 
 
 def test_black_box_classifier_skips_gradient_input_with_a_message(tmp_path):
-    class BlackBox:
-        differentiable = False
-
-        def __call__(self, x):
-            return planted(x)
-
+    box = uj.black_box(lambda x: np.asarray(planted(jnp.asarray(x))), num_classes=3, name="planted")
+    assert box.differentiable is False
     config = dataclasses.replace(CONFIG, methods=("gradient_input", "random"))
-    ev.run(tmp_path, planted_images(2), BlackBox(), config, SAMPLER, progress=False)
+    ev.run(tmp_path, planted_images(2), box, config, SAMPLER, progress=False)
     res = runner.load_results(tmp_path)
     assert all(set(r["seeds"][0]) == {"random"} and "gradient_input" in r["skipped"] for r in res)
     assert "gradient_input skipped" in (tmp_path / "summary.md").read_text()

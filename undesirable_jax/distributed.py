@@ -10,13 +10,13 @@ per-image files, and :func:`undesirable_jax.evaluate.merge` checks that every im
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 from typing import Any
 
 import jax
 import numpy as np
+
+from . import io
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,12 +59,6 @@ def current() -> Process:
     return Process(index=jax.process_index(), count=jax.process_count())
 
 
-def config_digest(config: Any) -> str:
-    """A short digest of a JSON-able configuration, the same on every host for the same settings."""
-    text = json.dumps(config, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def check_same_config(config: Any) -> None:
     """Refuse to go on unless every process was started with the same configuration.
 
@@ -75,7 +69,7 @@ def check_same_config(config: Any) -> None:
         return
     from jax.experimental import multihost_utils
 
-    digest = np.frombuffer(bytes.fromhex(config_digest(config)), dtype=np.uint8)
+    digest = np.frombuffer(bytes.fromhex(io.json_digest(config)), dtype=np.uint8)
     every = np.asarray(multihost_utils.process_allgather(digest))
     differing = [i for i in range(every.shape[0]) if not np.array_equal(every[i], every[0])]
     if differing:

@@ -1,8 +1,10 @@
-"""Atomic file writes: a crash mid-write leaves the old file (or none), never a truncated one."""
+"""Atomic file writes (a crash mid-write leaves the old file, or none, never a truncated one), and the
+digest that names a JSON-able configuration."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -53,6 +55,13 @@ def save_npz(path: str | os.PathLike, **arrays: Any) -> Path:
     buf = io.BytesIO()
     np.savez_compressed(buf, **{k: np.asarray(v) for k, v in arrays.items()})
     return write_bytes(path, buf.getvalue())
+
+
+def json_digest(obj: Any) -> str:
+    """A short, stable hash of a JSON-able object (keys sorted): the same settings give the same digest
+    on every host and in every process, so stored runs and joined processes can be compared by it."""
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _umask() -> int:

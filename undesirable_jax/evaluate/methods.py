@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..classifiers import as_classifier
 from ..engine import explain
 from ..factors import factors
 from ..samplers import Sampler
@@ -110,8 +111,7 @@ NEEDS_GRADIENTS = ("gradient_input",)
 
 def usable(name: str, classifier: Any) -> str | None:
     """None when ``name`` can run on ``classifier``, else the reason it is skipped."""
-    # Classifiers without gradients (black boxes) declare differentiable = False; the default is True.
-    if name in NEEDS_GRADIENTS and not getattr(classifier, "differentiable", True):
+    if name in NEEDS_GRADIENTS and not as_classifier(classifier).differentiable:   # black boxes
         return f"{name} skipped: the classifier declares no gradients (differentiable = False)"
     return None
 

@@ -22,11 +22,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import io
 from ..checks import BadFileError
 
 #: Keys every result file holds (written by the runner for each finished image).
 RESULT_KEYS = ("id", "index", "config_sha256", "label", "target", "competitor", "prediction", "p_target",
-               "p_competitor", "percents", "fractions", "methods")
+               "p_competitor", "percents", "fractions", "skipped", "seeds")
 
 
 def _read_json_object(path: Path, what: str, fix: str) -> dict:
@@ -68,16 +69,12 @@ def restore_config(out_dir: str | os.PathLike, record: dict) -> bool:
     results = sorted((out_dir / "results").glob("*.json"))
     if (out_dir / "config.json").exists() or not results:
         return False
-    from .runner import config_digest
-
-    digest = config_digest(record)
+    digest = io.json_digest(record)
     foreign = [p for p in results if read_result(p).get("config_sha256") != digest]
     if foreign:
         raise ValueError(f"out_dir: {str(out_dir)!r} has no config.json, and {len(foreign)} of its {len(results)} "
                          f"results (e.g. {foreign[0].name}) were computed with other settings than these; rerun "
                          f"with the settings of that run, or move {str(out_dir / 'results')!r} away to start anew")
-    from .. import io
-
     io.write_json(out_dir / "config.json", record)
     return True
 

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from .. import io
 from ..classifiers import Classifier, as_classifier
 from ..samplers import Sampler
-from . import summary
+from . import rundir, summary
 from .keys import part_keys, stream_key
 from .methods import BUILDERS, BuildContext, SignedMaps, usable
 from .metrics import DEFAULT_PERCENTS, image_probs, rankings, score_own, score_rankings
@@ -148,7 +148,7 @@ def check_config(out_dir: str | Path, record: dict) -> None:
     """Write ``config.json`` or, when it exists, refuse a record that differs (naming the keys)."""
     path = Path(out_dir) / "config.json"
     if path.exists():
-        stored = json.loads(path.read_text())
+        stored = rundir.read_config(path)
         keys = sorted(k for k in set(stored) | set(record) if stored.get(k) != record.get(k))
         if keys:
             detail = "; ".join(f"{k}: stored {stored.get(k)!r}, now {record.get(k)!r}" for k in keys)
@@ -157,11 +157,6 @@ def check_config(out_dir: str | Path, record: dict) -> None:
                 "Resume with the stored settings, or pick a new output folder")
     else:
         io.write_json(path, record)
-
-
-def config_digest(record: dict) -> str:
-    """A short hash of a configuration record, stored in every result file and checked by :func:`merge`."""
-    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def result_path(out_dir: str | Path, image_id: str) -> Path:
@@ -219,6 +214,7 @@ def evaluate_image(classifier: Any, image: Any, label: int, config: EvalConfig, 
     if img.ndim != 3:
         raise ValueError(f"image: expected one preprocessed image [H, W, C], got shape {img.shape}")
     probs = np.asarray(image_probs(clf, img))
+    clf.raise_host_error()   # a black box's own error, not the NaN its callback returned
     k = probs.shape[0]
     if not 0 <= int(label) < k:
         raise ValueError(f"label: {label} is outside the classifier's classes [0, {k})")
@@ -236,6 +232,7 @@ def evaluate_image(classifier: Any, image: Any, label: int, config: EvalConfig, 
            "seeds": seeds}
     if sanity:
         rec["sanity"] = sanity_record(ctx, names, image_id)
+    clf.raise_host_error()   # never store scores a failing black box turned into NaN
     return rec
 
 
@@ -296,8 +293,9 @@ def run(out_dir: str | Path, dataset: Iterable[Any], classifier: Any, config: Ev
     clf = as_classifier(classifier)
     out_dir = Path(out_dir)
     record = config_record(config, clf, sampler)
+    rundir.restore_config(out_dir, record)   # config.json deleted by hand: back, if the results agree
     check_config(out_dir, record)
-    digest = config_digest(record)
+    digest = io.json_digest(record)
 
     known = _known_ids(dataset)
     total = len(dataset) if hasattr(dataset, "__len__") else None
@@ -310,28 +308,32 @@ def run(out_dir: str | Path, dataset: Iterable[Any], classifier: Any, config: Ev
             ex = example()
             if ex.id != image_id:
                 raise ValueError(f"dataset: example {index} has id {ex.id!r} but dataset.ids says {image_id!r}")
-            image = ex.image if preprocess is None else preprocess(ex.image)
+            try:
+                image = ex.image if preprocess is None else preprocess(ex.image)
+            except ValueError as e:   # e.g. an extreme aspect ratio: say which image of the set
+                raise ValueError(f"dataset image {image_id!r} (index {index}): {e}") from e
             rec = evaluate_image(classifier, image, int(ex.label), config, sampler, image_id, chunk_size=chunk_size,
                                  batch_size=batch_size, mesh=mesh, sanity=index < config.sanity_images)
             io.write_json(path, {"id": image_id, "index": index, "config_sha256": digest, **rec})
         bar.update(1)
 
-    try:
-        if known is not None:      # random access: load only this process's unfinished images
-            ids = known
-            for index in range(process_index, len(ids), process_count):
-                work(index, ids[index], lambda i=index: dataset[i])
-        else:                      # a plain iterable: every process walks it to learn all ids
-            ids, seen = [], set()
-            for index, ex in enumerate(dataset):
-                if ex.id in seen:
-                    raise ValueError(f"dataset: image id {ex.id!r} occurs twice; ids must be unique")
-                seen.add(ex.id)
-                ids.append(ex.id)
-                if index % process_count == process_index:
-                    work(index, ex.id, lambda e=ex: e)
-    finally:
-        bar.close()
+    with rundir.RunLock(out_dir, process_index, process_count):   # one process per share of the work
+        try:
+            if known is not None:      # random access: load only this process's unfinished images
+                ids = known
+                for index in range(process_index, len(ids), process_count):
+                    work(index, ids[index], lambda i=index: dataset[i])
+            else:                      # a plain iterable: every process walks it to learn all ids
+                ids, seen = [], set()
+                for index, ex in enumerate(dataset):
+                    if ex.id in seen:
+                        raise ValueError(f"dataset: image id {ex.id!r} occurs twice; ids must be unique")
+                    seen.add(ex.id)
+                    ids.append(ex.id)
+                    if index % process_count == process_index:
+                        work(index, ex.id, lambda e=ex: e)
+        finally:
+            bar.close()
     if summarize and process_count == 1:
         merge(out_dir, ids)
     return ids
@@ -366,13 +368,7 @@ def _known_ids(dataset: Any) -> list[str] | None:
 
 def load_results(out_dir: str | Path) -> list[dict]:
     """Every result file under ``<out>/results`` (sorted by file name)."""
-    results = []
-    for p in sorted((Path(out_dir) / "results").glob("*.json")):
-        try:
-            results.append(json.loads(p.read_text()))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{p}: not a valid result file ({e}); delete it and re-run to recompute it") from e
-    return results
+    return [rundir.read_result(p) for p in sorted((Path(out_dir) / "results").glob("*.json"))]
 
 
 def merge(out_dir: str | Path, dataset_ids: Sequence[str]) -> dict[str, Path]:
@@ -387,7 +383,7 @@ def merge(out_dir: str | Path, dataset_ids: Sequence[str]) -> dict[str, Path]:
     cfg_path = out_dir / "config.json"
     if not cfg_path.exists():
         raise ValueError(f"out_dir: {str(out_dir)!r} has no config.json; run the evaluation first")
-    config = json.loads(cfg_path.read_text())
+    config = rundir.read_config(cfg_path)
     expected = list(dataset_ids)
     if len(set(expected)) != len(expected):
         raise ValueError("dataset_ids: contains repeated ids")
@@ -395,7 +391,7 @@ def merge(out_dir: str | Path, dataset_ids: Sequence[str]) -> dict[str, Path]:
     counts: dict[str, int] = {}
     for r in results:
         counts[r["id"]] = counts.get(r["id"], 0) + 1
-    digest = config_digest(config)
+    digest = io.json_digest(config)
     foreign = sorted(r["id"] for r in results if r.get("config_sha256") != digest)
     missing = [i for i in expected if i not in counts]
     doubled = sorted(i for i, n in counts.items() if n > 1)
