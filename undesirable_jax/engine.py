@@ -276,12 +276,16 @@ def _moments(total, counts, p0, laplace_n, num_classes):
     """Per-window mean, its standard error, and the WE's standard error, from the accumulated moments.
 
     ``total[:, 0]`` = Σ p, ``total[:, 1]`` = Σ (p − p0)²; shifting by p0 keeps float32 from cancelling
-    the variance of a probability near 1. Sample variance with n − 1; NaN for n < 2 (and n = 0).
+    the variance of a probability near 1. Sample variance with n − 1; NaN for n < 2 (and n = 0). A
+    variance within float32 rounding of the two sums (identical samples, as from a fixed fill) is 0.
     """
     n = counts[:, None]
     mean = total[:, 0] / n
     d = mean - p0
-    var = jnp.maximum(total[:, 1] - n * d * d, 0.0) / (n - 1)
+    centred = total[:, 1] - n * d * d
+    eps = jnp.finfo(jnp.float32).eps
+    rounding = 4 * eps * (total[:, 1] + n * n * jnp.abs(d) * jnp.maximum(mean, p0))
+    var = jnp.where(centred > rounding, centred, 0.0) / (n - 1)
     se = jnp.where(n >= 2, jnp.sqrt(var / n), jnp.nan)
     return mean, se, weight_of_evidence_se(mean, se, laplace_n, num_classes)
 
