@@ -5,6 +5,7 @@ Kang, Jung & Lee (2019) on top of Prediction Difference Analysis (Zintgraf et al
 
 from . import classifiers, data, evidence, models, samplers, visualize, windows
 from .classifiers import Classifier, flax_linen, flax_nnx, from_function, probabilities
+from .adaptive import explain_adaptive
 from .engine import Explanation, explain
 from .factors import Factors, factors
 from .windows import WindowGrid
@@ -13,6 +14,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Classifier", "Explanation", "Factors", "WindowGrid", "classifiers", "data", "evidence", "explain",
+    "explain_adaptive",
     "factors", "flax_linen", "flax_nnx", "from_function", "models", "probabilities", "samplers", "visualize",
     "windows", "__version__",
 ]

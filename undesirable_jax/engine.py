@@ -194,7 +194,7 @@ class Run:
     mesh: Mesh
     progress: bool
 
-    def zeros(self) -> tuple[jnp.ndarray, jnp.ndarray]:
+    def zeros(self) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
         """Fresh per-device accumulators (sums, squared distances from p0) and the NaN flag."""
         return _zeros(self.mesh, self.grid.num_windows, int(self.rows.shape[0]))
 
@@ -207,25 +207,27 @@ class Run:
         wins[:windows.size] = windows
         ys, xs = jnp.asarray(self.grid.ys), jnp.asarray(self.grid.xs)
         args = (jnp.asarray(wins), jnp.int32(s_start), jnp.int32(s_count), jnp.int32(total))
-        sums, bad = acc
+        sums, squares, bad = acc
         for start in tqdm(range(0, total, chunk), desc="windows", unit="chunk", disable=not self.progress):
-            sums, bad = _step(self.clf, self.sampler, self.state, self.image, self.key, ys, xs, self.rows,
-                              self.p0, *args, jnp.int32(start), sums, bad,
-                              window=self.grid.window, chunk=chunk, mesh=self.mesh)
-        return sums, bad
+            sums, squares, bad = _step(self.clf, self.sampler, self.state, self.image, self.key, ys, xs,
+                                       self.rows, self.p0, *args, jnp.int32(start), sums, squares, bad,
+                                       window=self.grid.window, chunk=chunk, mesh=self.mesh)
+        return sums, squares, bad
 
     def window_stats(self, acc: tuple, counts: np.ndarray) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
         """``(mean [W, R], se of the mean [W, R], se of the WE [W, R])`` from the accumulators.
 
         Windows with no sample get NaN means; windows with one sample NaN standard errors.
         """
-        sums, bad = acc
+        sums, squares, bad = acc
         if bool(jnp.any(bad)):
             raise ValueError("classifier: returned NaN or inf on a perturbed image; check the model and "
                              "that the sampler's fills lie in the input range it expects")
         # The one reduction over devices; the result lives on one device, like the image's explanation.
-        total = jax.device_put(jnp.sum(sums, axis=0), jax.local_devices()[0])
-        return _moments(total, jnp.asarray(counts, jnp.float32), self.p0, self.laplace_n, self.num_classes)
+        one = jax.local_devices()[0]
+        sums, squares = (jax.device_put(jnp.sum(a, axis=0), one) for a in (sums, squares))
+        return _moments(sums, squares, jnp.asarray(counts, jnp.float32), self.p0, self.laplace_n,
+                        self.num_classes)
 
     def explanation(self, acc: tuple, counts: np.ndarray, *, stride: int, num_samples: int) -> Explanation:
         """The :class:`Explanation` of windows that were all evaluated (``counts`` ≥ 1 each)."""
@@ -234,19 +236,15 @@ class Run:
 
     def assemble(self, mean, se, counts, *, stride: int, num_samples: int) -> Explanation:
         """An :class:`Explanation` from per-window means and standard errors ``[W, R]`` on ``grid``."""
-        r = int(self.rows.shape[0])
-        ny, nx = self.grid.shape
-        window_probs = mean.T.reshape(r, ny, nx)
-        window_se = se.T.reshape(r, ny, nx)
-        we = weight_of_evidence(self.p0[:, None, None], window_probs, self.laplace_n, self.num_classes)
-        we_se = weight_of_evidence_se(window_probs, window_se, self.laplace_n, self.num_classes)
+        window_probs, window_se, evidence, evidence_se = _maps(mean, se, self.p0, self.grid, self.laplace_n,
+                                                               self.num_classes)
         return Explanation(
-            evidence=self.grid.to_pixels(we), probs=self.p0, classes=self.rows,
+            evidence=evidence, probs=self.p0, classes=self.rows,
             coverage=jnp.asarray(self.grid.coverage()), window_probs=window_probs,
             window=int(self.grid.window), stride=int(stride), num_samples=int(num_samples),
             num_classes=self.num_classes, laplace_n=float(self.laplace_n),
-            evidence_se=pixel_se(self.grid, we_se), window_probs_se=window_se,
-            window_samples=jnp.asarray(np.asarray(counts).reshape(ny, nx), jnp.int32))
+            evidence_se=evidence_se, window_probs_se=window_se,
+            window_samples=jnp.asarray(np.asarray(counts).reshape(self.grid.shape), jnp.int32))
 
 
 def prepare(classifier: Any, image: Any, *, window: int, stride: int, sampler: Sampler, key: jax.Array,
@@ -272,22 +270,34 @@ def prepare(classifier: Any, image: Any, *, window: int, stride: int, sampler: S
 
 
 @functools.partial(jax.jit, static_argnames=("laplace_n", "num_classes"))
-def _moments(total, counts, p0, laplace_n, num_classes):
+def _moments(sums, squares, counts, p0, laplace_n, num_classes):
     """Per-window mean, its standard error, and the WE's standard error, from the accumulated moments.
 
-    ``total[:, 0]`` = Σ p, ``total[:, 1]`` = Σ (p − p0)²; shifting by p0 keeps float32 from cancelling
+    ``sums`` = Σ p, ``squares`` = Σ (p − p0)² per window and row; shifting by p0 keeps float32 from cancelling
     the variance of a probability near 1. Sample variance with n − 1; NaN for n < 2 (and n = 0). A
     variance within float32 rounding of the two sums (identical samples, as from a fixed fill) is 0.
     """
     n = counts[:, None]
-    mean = total[:, 0] / n
+    mean = sums / n
     d = mean - p0
-    centred = total[:, 1] - n * d * d
+    centred = squares - n * d * d
     eps = jnp.finfo(jnp.float32).eps
-    rounding = 4 * eps * (total[:, 1] + n * n * jnp.abs(d) * jnp.maximum(mean, p0))
+    rounding = 4 * eps * (squares + n * n * jnp.abs(d) * jnp.maximum(mean, p0))
     var = jnp.where(centred > rounding, centred, 0.0) / (n - 1)
     se = jnp.where(n >= 2, jnp.sqrt(var / n), jnp.nan)
     return mean, se, weight_of_evidence_se(mean, se, laplace_n, num_classes)
+
+
+@functools.partial(jax.jit, static_argnames=("grid", "laplace_n", "num_classes"))
+def _maps(mean, se, p0, grid, laplace_n, num_classes):
+    """Per-window ``[W, R]`` means and standard errors → window maps ``[R, nY, nX]`` and pixel maps."""
+    r = p0.shape[0]
+    ny, nx = grid.shape
+    window_probs = mean.T.reshape(r, ny, nx)
+    window_se = se.T.reshape(r, ny, nx)
+    we = weight_of_evidence(p0[:, None, None], window_probs, laplace_n, num_classes)
+    we_se = weight_of_evidence_se(window_probs, window_se, laplace_n, num_classes)
+    return window_probs, window_se, grid.to_pixels(we), pixel_se(grid, we_se)
 
 
 @jax.jit
@@ -320,18 +330,19 @@ def perturb_at(sampler: Sampler, state: Any, image: jnp.ndarray, key: jax.Array,
     return jax.vmap(lambda p, a, b: jax.lax.dynamic_update_slice(image, p, (a, b, zero)))(patches, y, x)
 
 
-@functools.partial(jax.jit, static_argnames=("window", "chunk", "mesh"), donate_argnames=("acc",))
-def _step(clf, sampler, state, image, key, ys, xs, rows, p0, wins, s_start, s_count, total, start, acc, bad,
+@functools.partial(jax.jit, static_argnames=("window", "chunk", "mesh"), donate_argnames=("acc", "sq"))
+def _step(clf, sampler, state, image, key, ys, xs, rows, p0, wins, s_start, s_count, total, start, acc, sq, bad,
           *, window, chunk, mesh):
     """One chunk of the pairs ``i → (window wins[i // s_count], sample s_start + i % s_count)``, ``i < total``.
 
     Each of the mesh's devices takes ``chunk / devices`` consecutive pairs and adds their
-    probabilities and squared distances from ``p0`` into its own ``acc [W, 2, R]``.
+    probabilities into its own ``acc [W, R]`` and their squared distances from ``p0`` into ``sq [W, R]``.
     """
     per_device = chunk // mesh.size
     axes = mesh.axis_names
 
-    def local(clf, sampler, state, image, key, ys, xs, rows, p0, wins, s_start, s_count, total, start, acc, bad):
+    def local(clf, sampler, state, image, key, ys, xs, rows, p0, wins, s_start, s_count, total, start, acc, sq,
+              bad):
         offset = start + _flat_axis_index(mesh) * per_device
         pairs, valid = pair_indices(offset, per_device, total)
         w, s = wins[pairs // s_count], s_start + pairs % s_count
@@ -340,22 +351,23 @@ def _step(clf, sampler, state, image, key, ys, xs, rows, p0, wins, s_start, s_co
         probs = jnp.where(valid[:, None], probs, 0.0)
         bad = bad | ~jnp.all(jnp.isfinite(probs))
         d = jnp.where(valid[:, None], probs - p0, 0.0)
-        return acc.at[0, w].add(jnp.stack([probs, d * d], axis=1)), bad
+        return acc.at[0, w].add(probs), sq.at[0, w].add(d * d), bad
 
     rep, sharded = PartitionSpec(), PartitionSpec(axes)
-    return jax.shard_map(local, mesh=mesh, in_specs=(rep,) * 14 + (sharded, sharded),
-                         out_specs=(sharded, sharded), check_vma=False)(
-        clf, sampler, state, image, key, ys, xs, rows, p0, wins, s_start, s_count, total, start, acc, bad)
+    return jax.shard_map(local, mesh=mesh, in_specs=(rep,) * 14 + (sharded,) * 3,
+                         out_specs=(sharded,) * 3, check_vma=False)(
+        clf, sampler, state, image, key, ys, xs, rows, p0, wins, s_start, s_count, total, start, acc, sq, bad)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _zeros(mesh: Mesh, num_windows: int, num_rows: int) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Per-device accumulators ``[devices, W, 2, R]``, placed exactly as ``_step`` returns them (so it
-    compiles once)."""
+def _zeros(mesh: Mesh, num_windows: int, num_rows: int) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """Per-device accumulators (sums, squares ``[devices, W, R]``; NaN flag), placed exactly as
+    ``_step`` returns them (so it compiles once)."""
     sharded = NamedSharding(mesh, PartitionSpec(mesh.axis_names))
-    acc = jnp.zeros((mesh.size, num_windows, 2, num_rows), jnp.float32)
+    acc = jnp.zeros((mesh.size, num_windows, num_rows), jnp.float32)
+    sq = jnp.zeros((mesh.size, num_windows, num_rows), jnp.float32)
     bad = jnp.zeros((mesh.size,), bool)
-    return jax.lax.with_sharding_constraint(acc, sharded), jax.lax.with_sharding_constraint(bad, sharded)
+    return tuple(jax.lax.with_sharding_constraint(a, sharded) for a in (acc, sq, bad))
 
 
 def _flat_axis_index(mesh: Mesh) -> jnp.ndarray:
