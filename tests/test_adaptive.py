@@ -88,7 +88,7 @@ def test_factors_and_alpha_work_on_adaptive_explanations():
 
 @pytest.mark.parametrize("kw,match", [
     (dict(budget=0.0), "budget"), (dict(budget=1.5), "budget"), (dict(budget=0.01), "coarse grid"),
-    (dict(coarse_stride=5), "coarse_stride"), (dict(coarse_stride=0), "coarse_stride"),
+    (dict(coarse_stride=1), "coarse grid"), (dict(coarse_stride=0), "coarse_stride"),
     (dict(focus=0), "focus"), (dict(num_samples=(1, 2)), "target_se"),
 ])
 def test_errors(kw, match):

@@ -7,9 +7,10 @@ stride-1 passes) is spent. The positions are those of the stride-1 grid, and eac
 :func:`undesirable_jax.explain` with ``stride=1``, so an evaluated position has exactly the value the
 exhaustive run gives it, and ``budget=1.0`` reproduces that run.
 
-Refinement is a quadtree over the grid of window positions. A cell is a rectangle whose four corners
-are evaluated; its inside is bilinearly interpolated from them (window probabilities of every kept
-class, then the evidence from those). A cell's priority is the number of positions it would fill
+Refinement is a quadtree over the grid of window positions: a cell is a rectangle whose four corners
+are evaluated. At the end every position that was not evaluated gets the window probabilities of every
+kept class interpolated linearly over a Delaunay triangulation of the evaluated positions (so points
+added by a neighbour's split count too), and the evidence is computed from those. A cell's priority is the number of positions it would fill
 times ``spread + magnitude_weight · max|WE| + se_weight · SE``, over the ``focus`` most probable classes
 of the untouched image: ``spread`` is the range of WE over its corners (the map changes fast there),
 ``max|WE|`` the largest evidence at a corner (where undesirable pixels are), SE the corners' mean
@@ -26,11 +27,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
+from scipy.spatial import Delaunay
 
 from .engine import Explanation, Run, check_samples, plan_chunk, prepare
 from .evidence import weight_of_evidence
 from .samplers import Sampler
-from .windows import positions
 
 ROUND_SHARE = 3  # each refinement round evaluates about 1/ROUND_SHARE of the positions left to spend,
 MIN_ROUND = 64   # and at least this many (the schedule does not depend on the chunk size or devices)
@@ -47,7 +48,7 @@ def explain_adaptive(
     budget: float = 0.1,
     coarse_stride: int | None = None,
     focus: int = 4,
-    magnitude_weight: float = 0.5,
+    magnitude_weight: float = 1.0,
     se_weight: float = 2.0,
     chunk_size: int | None = None,
     classes: Sequence[int] | None = None,
@@ -62,8 +63,8 @@ def explain_adaptive(
         progress: as in :func:`undesirable_jax.explain` (``num_samples`` an int S).
       budget: the fraction of the stride-1 passes (positions × S) to spend, in (0, 1]. It must cover
         the coarse grid.
-      coarse_stride: spacing of the first grid (default ``round(sqrt(3 / budget))``, at most
-        ``window``: about a third of the budget).
+      coarse_stride: spacing of the first grid in positions (default: the power of two nearest
+        ``sqrt(3 / budget)``, about a third of the budget, widened when the grid would not fit).
       focus: the refinement looks at this many of the most probable kept classes (the target and
         its top competitors).
       magnitude_weight, se_weight: weights of max|WE| and of the standard error in a cell's priority
@@ -79,9 +80,7 @@ def explain_adaptive(
                   laplace_n=laplace_n, mesh=mesh, progress=progress)
     ny, nx = run.grid.shape
     limit = max(1, int(np.floor(budget * ny * nx + 1e-9)))
-    stride = _coarse_stride(coarse_stride, budget, window)
-    cy, cx = positions(ny + window - 1, window, stride), positions(nx + window - 1, window, stride)
-    first = (cy[:, None] * nx + cx[None, :]).ravel()
+    first, cy, cx, stride = _coarse_grid(coarse_stride, budget, ny, nx, limit)
     if first.size > limit:
         raise ValueError(f"budget: {budget} is {limit} of {ny * nx} window positions, less than the coarse "
                          f"grid's {first.size} (coarse_stride {stride}); raise budget or coarse_stride")
@@ -107,36 +106,57 @@ def explain_adaptive(
         acc = run.evaluate(acc, new, 0, s_count, chunk)
         evaluated[new] = True
         spare -= new.size
-    return _assemble(run, acc, evaluated, cells, s_count)
+    return _assemble(run, acc, evaluated, s_count)
 
 
-def _assemble(run: Run, acc: tuple, evaluated: np.ndarray, cells: list, s_count: int) -> Explanation:
-    """Interpolate every unevaluated position from its cell's corners; build the explanation."""
+def _assemble(run: Run, acc: tuple, evaluated: np.ndarray, s_count: int) -> Explanation:
+    """Interpolate every unevaluated position from the evaluated ones; build the explanation."""
     ny, nx = run.grid.shape
     counts = evaluated * s_count
     mean, se, _ = run.window_stats(acc, counts)
-    r = mean.shape[1]
-    mean = np.asarray(mean).T.reshape(r, ny, nx).copy()
-    var = np.square(np.asarray(se)).T.reshape(r, ny, nx).copy()
-    done = evaluated.reshape(ny, nx)
-    for y0, y1, x0, x1 in sorted(cells, key=lambda c: -(c[1] - c[0]) * (c[3] - c[2])):  # coarse first
-        inside = ~done[y0:y1 + 1, x0:x1 + 1]
-        if not inside.any():
-            continue
-        wy, wx = _lerp_weights(y1 - y0 + 1), _lerp_weights(x1 - x0 + 1)
-        corner = lambda a: a[:, [y0, y0, y1, y1], [x0, x1, x0, x1]].reshape(r, 2, 2)
-        est = np.einsum("yi,rij,xj->ryx", wy, corner(mean), wx)
-        est_var = np.einsum("yi,rij,xj->ryx", wy ** 2, corner(var), wx ** 2)
-        mean[:, y0:y1 + 1, x0:x1 + 1] = np.where(inside, est, mean[:, y0:y1 + 1, x0:x1 + 1])
-        var[:, y0:y1 + 1, x0:x1 + 1] = np.where(inside, est_var, var[:, y0:y1 + 1, x0:x1 + 1])
-    flat = lambda a: jnp.asarray(a.reshape(r, ny * nx).T)
-    return run.assemble(flat(mean), jnp.sqrt(flat(var)), counts, stride=1, num_samples=s_count)
+    done = np.flatnonzero(evaluated)
+    idx, weights = interpolation_weights(done, ny, nx)
+    mean = np.asarray(mean)[done]
+    var = np.square(np.asarray(se))[done]
+    est = np.einsum("pv,pvr->pr", weights, mean[idx])
+    est_var = np.einsum("pv,pvr->pr", weights ** 2, var[idx])
+    return run.assemble(jnp.asarray(est, jnp.float32), jnp.sqrt(jnp.asarray(est_var, jnp.float32)), counts,
+                        stride=1, num_samples=s_count)
 
 
-def _lerp_weights(n: int) -> np.ndarray:
-    """``[n, 2]`` linear-interpolation weights of the two ends at ``n`` evenly spaced positions."""
-    t = np.linspace(0.0, 1.0, n) if n > 1 else np.zeros(1)
-    return np.stack([1.0 - t, t], axis=1)
+def interpolation_weights(known: np.ndarray, ny: int, nx: int) -> tuple[np.ndarray, np.ndarray]:
+    """Piecewise-linear interpolation of a ``ny × nx`` grid from the positions ``known`` (flat indices).
+
+    Returns ``(idx [P, 3], weights [P, 3])`` for every position P = ny·nx: its value is
+    ``Σ weights · values[idx]`` with ``values`` in the order of ``known``. Inside the grid the weights are
+    the barycentric coordinates in a Delaunay triangle of the known positions (which include the four
+    corners); a known position gets weight 1 on itself; a grid of one row or column interpolates
+    linearly along it.
+    """
+    py, px = np.divmod(np.arange(ny * nx), nx)
+    ky, kx = np.divmod(known, nx)
+    if ny == 1 or nx == 1:
+        t, kt = (px, kx) if ny == 1 else (py, ky)
+        hi = np.clip(np.searchsorted(kt, t), 1, len(kt) - 1) if len(kt) > 1 else np.zeros_like(t)
+        lo = np.maximum(hi - 1, 0)
+        span = np.maximum(kt[hi] - kt[lo], 1)
+        w = np.clip((t - kt[lo]) / span, 0.0, 1.0)
+        return np.stack([lo, hi, hi], 1), np.stack([1.0 - w, w, np.zeros_like(w)], 1)
+    tri = Delaunay(np.stack([ky, kx], 1).astype(np.float64))
+    pts = np.stack([py, px], 1).astype(np.float64)
+    simplex = tri.find_simplex(pts)
+    if np.any(simplex < 0):
+        raise AssertionError("interpolation: a window position lies outside the known positions' hull")
+    t = tri.transform[simplex]
+    b = np.einsum("pij,pj->pi", t[:, :2], pts - t[:, 2])
+    weights = np.clip(np.concatenate([b, 1.0 - b.sum(1, keepdims=True)], 1), 0.0, 1.0)
+    idx = tri.simplices[simplex]
+    pos = np.full(ny * nx, -1)
+    pos[known] = np.arange(known.size)
+    exact = pos >= 0                           # known positions: exactly their own value
+    idx[exact] = pos[exact][:, None]
+    weights[exact] = np.asarray([1.0, 0.0, 0.0])
+    return idx, weights / weights.sum(1, keepdims=True)
 
 
 def _scores(run: Run, stats: tuple, top: np.ndarray, cells: list, nx: int,
@@ -197,14 +217,30 @@ def _degenerate_cells(cy: np.ndarray, cx: np.ndarray) -> list:
     return [(int(a), int(b), int(c), int(d)) for a, b in ys for c, d in xs]
 
 
-def _coarse_stride(coarse_stride: Any, budget: float, window: int) -> int:
+def _coarse_grid(coarse_stride: Any, budget: float, ny: int, nx: int, limit: int):
+    """(flat indices, row positions, column positions, stride) of the first grid.
+
+    Default stride: the power of two nearest ``sqrt(3 / budget)`` (midpoint splits then halve cells
+    evenly), widened while the grid would take more than the budget.
+    Positions are ``0, c, 2c, …`` and the last one on each axis, as for ``explain(stride=c)``.
+    """
+    def grid(c):
+        cy, cx = _axis(ny, c), _axis(nx, c)
+        return (cy[:, None] * nx + cx[None, :]).ravel(), cy, cx, c
+
     if coarse_stride is None:
-        return int(max(1, min(window, round(np.sqrt(3.0 / budget)))))
+        c = 2 ** max(0, int(round(np.log2(np.sqrt(3.0 / budget)))))
+        while grid(c)[0].size > limit and c < max(ny, nx):
+            c += 1
+        return grid(c)
     if isinstance(coarse_stride, bool) or not isinstance(coarse_stride, (int, np.integer)) or coarse_stride < 1:
         raise ValueError(f"coarse_stride: expected an int >= 1 (or None), got {coarse_stride!r}")
-    if coarse_stride > window:
-        raise ValueError(f"coarse_stride: {coarse_stride} is larger than window={window}; pick <= {window}")
-    return int(coarse_stride)
+    return grid(int(coarse_stride))
+
+
+def _axis(n: int, c: int) -> np.ndarray:
+    pos = list(range(0, n, c))
+    return np.asarray(pos if pos[-1] == n - 1 else pos + [n - 1], np.int64)
 
 
 def _check_budget(budget: Any) -> float:
