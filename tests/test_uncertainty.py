@@ -207,3 +207,21 @@ def test_adaptive_sampling_spends_samples_where_noisy_deterministic_chunk_invari
 def test_adaptive_sampling_errors(num_samples, target_se, match):
     with pytest.raises((ValueError, TypeError), match=match):
         _adaptive(num_samples=num_samples, target_se=target_se)
+
+
+# ---------------------------------------------------------------- figures
+
+def test_figure_fades_and_hatches_non_significant_pixels():
+    from undesirable_jax.visualize import factor_figure
+
+    e = _noisy_explanation()
+    full = uj.factors(e, top_k=2, decouple=False)
+    masked = uj.factors(e, top_k=2, decouple=False, alpha=0.3)
+    img = np.zeros((H, W, 3), np.float32)
+    plain = factor_figure(img, full)
+    hatched = factor_figure(img, masked, unmasked=full)
+    count = lambda fig: sum(len(ax.collections) for ax in fig.axes)
+    assert count(hatched) > count(plain)          # contour hatches drawn
+    assert "not significant at 0.3" in hatched._suptitle.get_text()
+    with pytest.raises(ValueError, match="unmasked"):
+        factor_figure(img, full, unmasked=masked)
