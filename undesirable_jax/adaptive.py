@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
+from scipy.sparse import csr_matrix
 from scipy.spatial import Delaunay
 
 from .engine import Explanation, Run, check_samples, plan_chunk, prepare
@@ -95,7 +96,7 @@ def explain_adaptive(
     top = np.asarray(jnp.lexsort((run.rows, -run.p0))[:_check_focus(focus, run.rows.shape[0])])
     spare = limit - first.size
     while spare > 0 and any(_splittable(c) for c in cells):
-        stats = run.window_stats(acc, evaluated * s_count)
+        stats = run.window_stats(acc, evaluated * s_count, top)
         scores = _scores(run, stats, top, cells, nx, weights)
         cap = min(spare, max(-(-spare // ROUND_SHARE), MIN_ROUND))
         cells, new = _refine(cells, scores, evaluated, nx, cap)
@@ -116,10 +117,11 @@ def _assemble(run: Run, acc: tuple, evaluated: np.ndarray, s_count: int) -> Expl
     mean, se, _ = run.window_stats(acc, counts)
     done = np.flatnonzero(evaluated)
     idx, weights = interpolation_weights(done, ny, nx)
-    mean = np.asarray(mean)[done]
-    var = np.square(np.asarray(se))[done]
-    est = np.einsum("pv,pvr->pr", weights, mean[idx])
-    est_var = np.einsum("pv,pvr->pr", weights ** 2, var[idx])
+    rows = np.repeat(np.arange(ny * nx), idx.shape[1])
+    lerp = csr_matrix((weights.ravel(), (rows, idx.ravel())), shape=(ny * nx, done.size))
+    lerp2 = csr_matrix((weights.ravel() ** 2, (rows, idx.ravel())), shape=(ny * nx, done.size))
+    est = lerp @ np.asarray(mean, np.float64)[done]              # sparse: 3 weights per position
+    est_var = lerp2 @ np.square(np.asarray(se, np.float64))[done]
     return run.assemble(jnp.asarray(est, jnp.float32), jnp.sqrt(jnp.asarray(est_var, jnp.float32)), counts,
                         stride=1, num_samples=s_count)
 
@@ -162,9 +164,9 @@ def interpolation_weights(known: np.ndarray, ny: int, nx: int) -> tuple[np.ndarr
 def _scores(run: Run, stats: tuple, top: np.ndarray, cells: list, nx: int,
             weights: tuple[float, float]) -> np.ndarray:
     """Priority of each cell (module docstring), from its corners' WE and standard errors."""
-    mean, _, we_se = stats
-    we = weight_of_evidence(run.p0[top][None], mean[:, top], run.laplace_n, run.num_classes)
-    we, we_se = np.asarray(we), np.nan_to_num(np.asarray(we_se[:, top]))
+    mean, _, we_se = stats                    # the ``top`` rows only
+    we = weight_of_evidence(run.p0[top][None], mean, run.laplace_n, run.num_classes)
+    we, we_se = np.asarray(we), np.nan_to_num(np.asarray(we_se))
     c = np.asarray(cells)
     idx = np.stack([c[:, 0] * nx + c[:, 2], c[:, 0] * nx + c[:, 3], c[:, 1] * nx + c[:, 2],
                     c[:, 1] * nx + c[:, 3]], axis=1)

@@ -145,9 +145,8 @@ def explain(
         counts[active] += m
         if m == 0 or target_se is None:
             break
-        stats = run.window_stats(acc, counts)
-        top = int(jnp.lexsort((run.rows, -run.p0))[0])
-        se = np.asarray(stats[2][:, top])
+        top = jnp.lexsort((run.rows, -run.p0))[:1]
+        se = np.asarray(run.window_stats(acc, counts, top)[2][:, 0])
         active = active[(counts[active] < hi) & ~(se[active] <= target_se)]
     return run.explanation(acc, counts, stride=stride, num_samples=hi)
 
@@ -214,9 +213,11 @@ class Run:
                                        window=self.grid.window, chunk=chunk, mesh=self.mesh)
         return sums, squares, bad
 
-    def window_stats(self, acc: tuple, counts: np.ndarray) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    def window_stats(self, acc: tuple, counts: np.ndarray, rows: Any = None) -> tuple[jnp.ndarray, jnp.ndarray,
+                                                                                        jnp.ndarray]:
         """``(mean [W, R], se of the mean [W, R], se of the WE [W, R])`` from the accumulators.
 
+        ``rows``: only these of the kept rows (indices), e.g. to steer sampling cheaply when K is large.
         Windows with no sample get NaN means; windows with one sample NaN standard errors.
         """
         sums, squares, bad = acc
@@ -226,8 +227,11 @@ class Run:
         # The one reduction over devices; the result lives on one device, like the image's explanation.
         one = jax.local_devices()[0]
         sums, squares = (jax.device_put(jnp.sum(a, axis=0), one) for a in (sums, squares))
-        return _moments(sums, squares, jnp.asarray(counts, jnp.float32), self.p0, self.laplace_n,
-                        self.num_classes)
+        p0 = self.p0
+        if rows is not None:
+            rows = jnp.asarray(rows)
+            sums, squares, p0 = sums[:, rows], squares[:, rows], p0[rows]
+        return _moments(sums, squares, jnp.asarray(counts, jnp.float32), p0, self.laplace_n, self.num_classes)
 
     def explanation(self, acc: tuple, counts: np.ndarray, *, stride: int, num_samples: int) -> Explanation:
         """The :class:`Explanation` of windows that were all evaluated (``counts`` ≥ 1 each)."""

@@ -64,10 +64,12 @@ def pixel_se(grid, window_se: jnp.ndarray) -> jnp.ndarray:
     a draw (the untouched image's p(c|x) is exact and common to all). It is only the sampling error
     given the image and the sampler: interpolated windows (explain_adaptive) share their neighbours'
     draws, and their interpolation error is not included. A pixel covered by a window without a
-    standard error (fewer than 2 samples) gets NaN. ``grid`` is the :class:`~undesirable_jax.windows.WindowGrid`.
+    standard error (fewer than 2 samples; in any row, since the sample count is per window) gets NaN.
+    ``grid`` is the :class:`~undesirable_jax.windows.WindowGrid`.
     """
     missing = jnp.isnan(window_se)
     var = grid.to_pixels(jnp.where(missing, 0.0, window_se) ** 2)   # Σ se² / c
     cover = jnp.asarray(grid.coverage(), var.dtype)
-    touched = grid.to_pixels(missing.astype(var.dtype)) > 0
+    any_row = jnp.any(missing.reshape((-1,) + missing.shape[-2:]), axis=0)
+    touched = grid.to_pixels(any_row.astype(var.dtype)) > 0
     return jnp.where(touched, jnp.nan, jnp.sqrt(var / cover))
