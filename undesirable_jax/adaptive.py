@@ -94,7 +94,17 @@ def explain_adaptive(
         cells = _degenerate_cells(cy, cx)
     weights = (float(magnitude_weight), float(se_weight))
     top = np.asarray(jnp.lexsort((run.rows, -run.p0))[:_check_focus(focus, run.rows.shape[0])])
-    spare = limit - first.size
+    acc = _refine_rounds(run, acc, cells, evaluated, top, weights, limit - first.size, s_count, chunk)
+    return _assemble(run, acc, evaluated, s_count)
+
+
+def _refine_rounds(run: Run, acc: tuple, cells: list, evaluated: np.ndarray, top: np.ndarray,
+                   weights: tuple[float, float], spare: int, s_count: int, chunk: int) -> tuple:
+    """Split cells and evaluate their new corners, round by round, until ``spare`` positions are spent.
+
+    Updates ``evaluated`` in place; returns the accumulators.
+    """
+    nx = run.grid.shape[1]
     while spare > 0 and any(_splittable(c) for c in cells):
         stats = run.window_stats(acc, evaluated * s_count, top)
         scores = _scores(run, stats, top, cells, nx, weights)
@@ -107,7 +117,7 @@ def explain_adaptive(
         acc = run.evaluate(acc, new, 0, s_count, chunk)
         evaluated[new] = True
         spare -= new.size
-    return _assemble(run, acc, evaluated, s_count)
+    return acc
 
 
 def _assemble(run: Run, acc: tuple, evaluated: np.ndarray, s_count: int) -> Explanation:

@@ -332,6 +332,28 @@ def _num_samples(args: argparse.Namespace) -> int:
     return n
 
 
+def _explain(args: argparse.Namespace, classifier: Any, image: Any, sampler: Any, num_samples: int, key: Any) -> Any:
+    """``explain`` with ``--stride``, or ``explain_adaptive`` with ``--budget``."""
+    from .adaptive import explain_adaptive
+    from .engine import explain
+
+    common = dict(window=args.window, sampler=sampler, num_samples=num_samples, key=key,
+                  chunk_size=args.chunk_size, laplace_n=args.laplace_n,
+                  mesh=None if args.mesh == "none" else "local", progress=not args.no_progress)
+    if args.budget is None:
+        return explain(classifier, image, stride=args.stride, **common)
+    return explain_adaptive(classifier, image, budget=args.budget, **common)
+
+
+def _settings_title(args: argparse.Namespace, expl: Any, num_samples: int) -> str:
+    import numpy as np
+
+    how = (f"stride {args.stride}" if args.budget is None else
+           f"adaptive {int(np.sum(np.asarray(expl.window_samples) > 0))}/{expl.grid.num_windows} positions")
+    hatch = "" if args.alpha is None else f"; hatched: not significant at {args.alpha:g}"
+    return f"window {args.window}, {how}, {args.sampler} ×{num_samples}{hatch}"
+
+
 def _check_budget_alpha(budget: float | None, alpha: float | None, num_samples: int) -> None:
     if budget is not None and not 0 < budget <= 1:
         raise UsageError(f"--budget: a fraction of the stride-1 passes in (0, 1], got {budget}")
@@ -392,8 +414,6 @@ def run_explain(args: argparse.Namespace) -> int:
     import numpy as np
 
     from . import io
-    from .adaptive import explain_adaptive
-    from .engine import explain
     from .factors import factors
     from .visualize import factor_figure, save_figure
 
@@ -429,13 +449,7 @@ def run_explain(args: argparse.Namespace) -> int:
             f"image {image_name}; sampler {args.sampler}, window {args.window}, stride {args.stride}, "
             f"S={num_samples}", args)
     sampler = make_sampler(args, pool, args.window, k_sampler)
-    common = dict(window=args.window, sampler=sampler, num_samples=num_samples, key=k_explain,
-                  chunk_size=args.chunk_size, laplace_n=args.laplace_n,
-                  mesh=None if args.mesh == "none" else "local", progress=not args.no_progress)
-    if args.budget is None:
-        expl = explain(model.classifier, image, stride=args.stride, **common)
-    else:
-        expl = explain_adaptive(model.classifier, image, budget=args.budget, **common)
+    expl = _explain(args, model.classifier, image, sampler, num_samples, k_explain)
     f = factors(expl, target=target, top_k=args.top_k, decouple=not args.plain)
     masked = None if args.alpha is None else factors(expl, target=target, top_k=args.top_k,
                                                      decouple=not args.plain, alpha=args.alpha)
@@ -443,13 +457,9 @@ def run_explain(args: argparse.Namespace) -> int:
     stem = args.name or f"{image_name}-{model.name.replace(':', '-').replace('.', '-')}"
     png, npz = args.out_dir / f"{stem}.png", args.out_dir / f"{stem}.npz"
     names = [n.split(",")[0].strip() for n in model.class_names]
-    how = (f"stride {args.stride}" if args.budget is None else
-           f"adaptive {int(np.sum(np.asarray(expl.window_samples) > 0))}/{expl.grid.num_windows} positions")
-    hatch = "" if masked is None else f"; hatched: not significant at {args.alpha:g}"
-    fig = factor_figure(display_image(model, raw, image), f if masked is None else masked, names, unmasked=
-                        None if masked is None else f,
-                        title=f"{model.name} on {image_name}: window {args.window}, {how}, "
-                              f"{args.sampler} ×{num_samples}{hatch}")
+    fig = factor_figure(display_image(model, raw, image), f if masked is None else masked, names,
+                        unmasked=None if masked is None else f,
+                        title=f"{model.name} on {image_name}: {_settings_title(args, expl, num_samples)}")
     save_figure(fig, png, dpi=args.dpi)
     io.save_npz(npz, image=image, evidence=expl.evidence, probs=expl.probs, classes=expl.classes,
                 coverage=expl.coverage, window_probs=expl.window_probs, target_class=f.target_class,
