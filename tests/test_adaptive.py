@@ -97,3 +97,41 @@ def test_errors(kw, match):
     args.update(kw)
     with pytest.raises(ValueError, match=match):
         uj.explain_adaptive(blob_classifier(), img, **args)
+
+
+MESH_SCRIPT = """
+import json
+import jax, jax.numpy as jnp, numpy as np
+import undesirable_jax as uj
+from undesirable_jax import samplers
+assert jax.local_device_count() == 4
+rng = np.random.default_rng(0)
+a = jnp.asarray(rng.normal(size=(10 * 9, 3)).astype(np.float32) * 0.3)
+clf = lambda x: x.reshape(x.shape[0], -1) @ a
+img = rng.normal(size=(10, 9, 1)).astype(np.float32)
+kw = dict(window=3, sampler=samplers.marginal(rng.normal(size=(5, 10, 9, 1))), key=jax.random.key(2))
+out = {}
+one = uj.explain_adaptive(clf, img, budget=0.5, num_samples=2, chunk_size=8, **kw)
+many = uj.explain_adaptive(clf, img, budget=0.5, num_samples=2, chunk_size=8, mesh="local", **kw)
+out["adaptive"] = float(jnp.max(jnp.abs(many.evidence - one.evidence)))
+out["samples"] = bool(jnp.all(many.window_samples == one.window_samples))
+one = uj.explain(clf, img, stride=1, num_samples=(2, 8), target_se=0.01, chunk_size=8, **kw)
+many = uj.explain(clf, img, stride=1, num_samples=(2, 8), target_se=0.01, chunk_size=8, mesh="local", **kw)
+out["sampling"] = float(jnp.nanmax(jnp.abs(many.evidence_se - one.evidence_se)))
+out["sampling_counts"] = bool(jnp.all(many.window_samples == one.window_samples))
+print(json.dumps(out))
+"""
+
+
+def test_mesh_gives_the_same_adaptive_results():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    res = subprocess.run([sys.executable, "-c", MESH_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["adaptive"] < 1e-5 and out["samples"], out
+    assert out["sampling"] < 1e-5 and out["sampling_counts"], out
