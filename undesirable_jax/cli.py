@@ -80,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--samples", type=int, default=None,
                    help="samples S averaged per window; default 1 for the deterministic samplers (blur, constant), "
                         "8 for marginal and conditional")
+    e.add_argument("--budget", type=float, default=None,
+                   help="adaptive windows: a stride-1 map from this fraction of the stride-1 passes (0 < B <= 1), "
+                        "refined where the evidence changes fast or is large; replaces --stride")
+    e.add_argument("--alpha", type=float, default=None,
+                   help="significance level (e.g. 0.05): hatch the undesirable pixels whose evidence is not "
+                        "significant; needs --samples >= 2 (S = 1 has no standard error)")
     _add_sampler_args(e)
     e.add_argument("--pool", nargs="+", default=None, metavar="IMAGE",
                    help="images (files or sample names) for the marginal sampler's pool and the conditional "
@@ -373,6 +379,38 @@ def _num_samples(args: argparse.Namespace) -> int:
     return n
 
 
+def _explain(args: argparse.Namespace, classifier: Any, image: Any, sampler: Any, num_samples: int, key: Any) -> Any:
+    """``explain`` with ``--stride``, or ``explain_adaptive`` with ``--budget``."""
+    from .adaptive import explain_adaptive
+    from .engine import explain
+
+    common = dict(window=args.window, sampler=sampler, num_samples=num_samples, key=key,
+                  chunk_size=args.chunk_size, laplace_n=args.laplace_n,
+                  mesh=None if args.mesh == "none" else "local", progress=not args.no_progress)
+    if args.budget is None:
+        return explain(classifier, image, stride=args.stride, **common)
+    return explain_adaptive(classifier, image, budget=args.budget, **common)
+
+
+def _settings_title(args: argparse.Namespace, expl: Any, num_samples: int) -> str:
+    import numpy as np
+
+    how = (f"stride {args.stride}" if args.budget is None else
+           f"adaptive {int(np.sum(np.asarray(expl.window_samples) > 0))}/{expl.grid.num_windows} positions")
+    hatch = "" if args.alpha is None else f"; hatched: not significant at {args.alpha:g}"
+    return f"window {args.window}, {how}, {args.sampler} ×{num_samples}{hatch}"
+
+
+def _check_budget_alpha(budget: float | None, alpha: float | None, num_samples: int) -> None:
+    if budget is not None and not 0 < budget <= 1:
+        raise UsageError(f"--budget: a fraction of the stride-1 passes in (0, 1], got {budget}")
+    if alpha is not None and not 0 < alpha < 1:
+        raise UsageError(f"--alpha: a significance level in (0, 1) such as 0.05, got {alpha}")
+    if alpha is not None and num_samples < 2:
+        raise UsageError(f"--alpha: needs a standard error, which S = {num_samples} sample(s) per window does not "
+                         "give; use --samples 2 or more (with a random sampler: marginal or conditional)")
+
+
 def _check_window(window: int, stride: int, shape: Sequence[int]) -> None:
     _positive("--window", window)
     _positive("--stride", stride)
@@ -433,7 +471,6 @@ def run_explain(args: argparse.Namespace) -> int:
     import numpy as np
 
     from . import io
-    from .engine import explain
     from .factors import factors
     from .visualize import factor_figure, save_figure
 
@@ -443,10 +480,13 @@ def run_explain(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.weights, external_options(args))
     if args.window is None:
         args.window = max(1, round(min(model.input_shape[:2]) / 7))
+    if args.budget is not None and args.stride is not None:
+        raise UsageError("--stride: not used with --budget (adaptive windows give a stride-1 map); drop one of them")
     if args.stride is None:
-        args.stride = max(1, args.window // 2)
+        args.stride = 1 if args.budget is not None else max(1, args.window // 2)
     _check_window(args.window, args.stride, model.input_shape)
     num_samples = _num_samples(args)
+    _check_budget_alpha(args.budget, args.alpha, num_samples)
     target = resolve_target(args.target, model.class_names)
     if args.top_k > len(model.class_names) - 1:
         raise UsageError(f"--top-k: {args.top_k} competitors asked for, but the model has only "
@@ -468,22 +508,26 @@ def run_explain(args: argparse.Namespace) -> int:
             f"image {image_name}; sampler {args.sampler}, window {args.window}, stride {args.stride}, "
             f"S={num_samples}", args)
     sampler = make_sampler(args, pool, args.window, k_sampler)
-    expl = explain(model.classifier, image, window=args.window, stride=args.stride, sampler=sampler,
-                   num_samples=num_samples, key=k_explain, chunk_size=args.chunk_size,
-                   laplace_n=args.laplace_n, mesh=None if args.mesh == "none" else "local",
-                   progress=not args.no_progress)
+    expl = _explain(args, model.classifier, image, sampler, num_samples, k_explain)
     f = factors(expl, target=target, top_k=args.top_k, decouple=not args.plain)
+    masked = None if args.alpha is None else factors(expl, target=target, top_k=args.top_k,
+                                                     decouple=not args.plain, alpha=args.alpha)
 
     names = [n.split(",")[0].strip() for n in model.class_names]
-    fig = factor_figure(display_image(model, raw, image), f, names,
-                        title=f"{model.name} on {image_name}: window {args.window}, stride {args.stride}, "
-                              f"{args.sampler} ×{num_samples}")
+    fig = factor_figure(display_image(model, raw, image), f if masked is None else masked, names,
+                        unmasked=None if masked is None else f,
+                        title=f"{model.name} on {image_name}: {_settings_title(args, expl, num_samples)}")
     save_figure(fig, png, dpi=args.dpi)
     io.save_npz(npz, image=image, evidence=expl.evidence, probs=expl.probs, classes=expl.classes,
                 coverage=expl.coverage, window_probs=expl.window_probs, target_class=f.target_class,
                 target=f.target, non_target_classes=f.non_target_classes, non_target=f.non_target,
                 non_target_probs=f.non_target_probs, combined=f.combined, window=args.window,
                 stride=args.stride, num_samples=num_samples, seed=args.seed, decoupled=not args.plain,
+                evidence_se=expl.evidence_se, window_samples=expl.window_samples,
+                budget=np.nan if args.budget is None else args.budget,
+                alpha=np.nan if args.alpha is None else args.alpha,
+                significant_target=np.full(f.target.shape, True) if masked is None else
+                np.asarray(masked.target) >= np.asarray(f.target),
                 model=model.name, sampler=args.sampler, class_names=np.asarray(model.class_names))
 
     print(f"{model.name} on {image_name}: top classes")
