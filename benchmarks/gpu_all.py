@@ -198,6 +198,7 @@ class Chunks:
     ys: jnp.ndarray
     xs: jnp.ndarray
     rows: jnp.ndarray
+    p0: jnp.ndarray            # p(c|x) of the untouched image (the engine accumulates squares about it)
     mesh: Any
     chunk: int
     total: int
@@ -208,11 +209,13 @@ class Chunks:
     def run(self, starts) -> jnp.ndarray:
         """Run the engine's jitted step on the chunks starting at ``starts``; the [W, K] sums."""
         nw = self.total // self.samples
-        acc, bad = E._zeros(self.mesh, nw, int(self.rows.shape[0]))
+        acc, sq, bad = E._zeros(self.mesh, nw, int(self.rows.shape[0]))
+        wins = jnp.arange(nw, dtype=jnp.int32)       # every window, samples 0 … S−1 (as explain's first round)
+        fixed = (wins, jnp.int32(0), jnp.int32(self.samples), jnp.int32(self.total))
         for st in starts:
-            acc, bad = E._step(self.clf, self.sampler, self.state, self.image, self.key, self.ys, self.xs,
-                               self.rows, jnp.int32(st), acc, bad, window=self.window,
-                               num_samples=self.samples, chunk=self.chunk, mesh=self.mesh)
+            acc, sq, bad = E._step(self.clf, self.sampler, self.state, self.image, self.key, self.ys, self.xs,
+                                   self.rows, self.p0, *fixed, jnp.int32(st), acc, sq, bad, window=self.window,
+                                   chunk=self.chunk, mesh=self.mesh)
         return block(jnp.sum(acc, axis=0))
 
     def spread(self, n: int) -> list[int]:
@@ -228,6 +231,7 @@ def make_chunks(run: Run, clf, image, sampler, chunk: int, stride: int = 1, mesh
     classes = int(jax.eval_shape(lambda c, b: c.probs(b), clf, image[None]).shape[-1])
     return Chunks(clf=clf, sampler=sampler, state=sampler.prepare(image, run.s.window), image=image,
                   ys=jnp.asarray(grid.ys), xs=jnp.asarray(grid.xs), rows=jnp.arange(classes, dtype=jnp.int32),
+                  p0=E._base_probs(clf, image),
                   mesh=m, chunk=E.plan_chunk(chunk * m.size, total, m.size), total=total,
                   window=run.s.window, samples=run.s.samples)
 
