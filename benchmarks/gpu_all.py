@@ -70,7 +70,7 @@ from _common import PDA_PASSES, block, cast_classifier, load_note, random_resnet
 
 BUDGET_S = 450
 PLAN_S = {"env": 10, "raw": 60, "engine_bf16": 80, "full_image": 40, "captum": 30, "plain_loop": 35,
-          "memory": 50, "mesh_local": 10, "engine_fp32": 70, "efficientnet": 45, "evaluate": 60,
+          "memory": 120, "mesh_local": 10, "engine_fp32": 70, "efficientnet": 45, "evaluate": 60,
           "black_box": 60}
 SAMPLERS = ("constant", "marginal", "blur", "conditional")
 TARGET_RAW, TARGET_CAPTUM, TARGET_LOOP, TARGET_MEMORY = 0.9, 5.0, 3.0, 0.10
