@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from .classifiers import rank_classes
 from .engine import Explanation
 from .evidence import non_target_distribution, weight_of_evidence
 from .windows import WindowGrid
@@ -113,9 +114,8 @@ def _factors_jit(evidence, probs, classes, window_probs, target, *, top_k, decou
 def _factors_one(evidence, probs, classes, window_probs, target, *, top_k: int, decouple: bool,
                  grid: WindowGrid, num_classes: int, laplace_n: float):
     """The factors of one explanation: plain arrays in, the fields of :class:`Factors` out."""
-    # Rank rows by p descending, class id ascending (lexsort: the last key is the primary one).
     if target is None:
-        t_row = jnp.lexsort((classes, -probs))[0]
+        t_row = rank_classes(probs, classes)[0]
         found = jnp.bool_(True)
     else:
         hits = classes == target
@@ -123,7 +123,7 @@ def _factors_one(evidence, probs, classes, window_probs, target, *, top_k: int, 
         found = jnp.any(hits)
     is_t = jnp.arange(probs.shape[0]) == t_row
     rank_p = jnp.where(is_t, -jnp.inf, probs)
-    rows = jnp.lexsort((classes, -rank_p))[:top_k]
+    rows = rank_classes(rank_p, classes)[:top_k]
 
     p_t = probs[t_row]
     p_c = probs[rows]
