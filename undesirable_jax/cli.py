@@ -193,14 +193,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
 
-    from . import data, distributed
+    from . import data
     from .evaluate import orchestrate
 
     out = _check_evaluate_args(args)
-    share = orchestrate.Share(args.process_index, args.process_count)
-    if args.distributed:  # before any other JAX work
-        proc = distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
-        share = orchestrate.Share(proc.index, proc.count, joined=True)
+    share = (orchestrate.join(args.coordinator_address, args.num_processes, args.process_id) if args.distributed
+             else orchestrate.Share(args.process_index, args.process_count))
     full, pool_set = data.from_spec(args.dataset, args.split, args.data_dir, name="--dataset")
     dataset = data.Subset(full, args.limit)
     if len(dataset) == 0:
@@ -209,9 +207,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         paths = orchestrate.merge_only(out, dataset)
         print(f"merged {len(dataset)} results in {out / 'results'}: " + ", ".join(str(p) for p in paths.values()))
         return 0
-    if (out / "config.json").exists() and not args.resume:
-        raise UsageError(f"--out: {str(out)!r} already holds a run; pass --resume to continue it or pick a new folder")
-    distributed.barrier("undesirable_jax.cli.evaluate.checked")  # all looked for an earlier run before any writes
+    orchestrate.claim(out, args.resume, share)
     model = _model(args)
     data.check_model_classes(dataset.class_names, model.class_names, dataset=args.dataset, model=model.name,
                              name="--dataset")

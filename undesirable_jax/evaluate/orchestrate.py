@@ -38,6 +38,24 @@ def dataset_ids(dataset: Any) -> list[str]:
     return [str(i) for i in ids] if ids is not None else [ex.id for ex in dataset]
 
 
+def join(coordinator_address: str | None = None, num_processes: int | None = None,
+         process_id: int | None = None) -> Share:
+    """Join a ``jax.distributed`` run (before any other JAX work) and return this process's share."""
+    proc = distributed.initialize(coordinator_address, num_processes, process_id)
+    return Share(proc.index, proc.count, joined=True)
+
+
+def claim(out_dir: str | Path, resume: bool, share: Share) -> None:
+    """Refuse a folder that already holds a run unless ``resume``; joined processes then wait until all
+    have looked, so none sees a ``config.json`` another has just written."""
+    out = Path(out_dir)
+    if (out / "config.json").exists() and not resume:
+        raise ValueError(f"--out: {str(out)!r} already holds a run; pass --resume to continue it or pick a new "
+                         "folder")
+    if share.joined:
+        distributed.barrier("undesirable_jax.evaluate.checked")
+
+
 def merge_only(out_dir: str | Path, dataset: Any) -> dict[str, Path]:
     """Check that ``out_dir`` holds one result per image of ``dataset`` and write the summary."""
     return runner.merge(out_dir, dataset_ids(dataset))
