@@ -1,4 +1,4 @@
-"""The options of the ``undesirable-jax`` command line, declared once each.
+"""The options of the ``undesirable-jax`` command line, declared once each, and their checks.
 
 Options two or more subcommands share (model, external-model flags, sampler, seed, chunk and mesh,
 progress, traceback, compilation cache) come from parent parsers; each subcommand declares only its
@@ -12,8 +12,14 @@ import argparse
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from . import checks
+
 DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_IMAGE = "chelsea"
+
+
+class UsageError(ValueError):
+    """Bad command-line input: reported as one ``error:`` line, exit code 2."""
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -153,6 +159,12 @@ def add_explain(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="an image file (PNG, JPEG, …) or the name of an offline sample image: "
                         + ", ".join(sample_names()))
     _window_options(e, required=False)
+    e.add_argument("--budget", type=float, default=None,
+                   help="adaptive windows: a stride-1 map from this fraction of the stride-1 passes (0 < B <= 1), "
+                        "refined where the evidence changes fast or is large; replaces --stride")
+    e.add_argument("--alpha", type=float, default=None,
+                   help="significance level (e.g. 0.05): hatch the undesirable pixels whose evidence is not "
+                        "significant; needs --samples >= 2 (S = 1 has no standard error)")
     e.add_argument("--pool", nargs="+", default=None, metavar="IMAGE",
                    help="images (files or sample names) for the marginal sampler's pool and the conditional "
                         "sampler's fit; default: the other offline sample images")
@@ -282,3 +294,45 @@ def eval_config(args: argparse.Namespace, model_name: str, pool: Callable[[], An
                       road_noise=args.road_noise, scoring_sigma=args.scoring_sigma,
                       scoring_value=float(np.mean(pool())) if args.perturbation == "constant" else 0.0,
                       scoring_draws=args.scoring_draws, num_seeds=args.seeds, sanity_images=args.sanity_images)
+
+
+# ------------------------------------------------------------------------------------------ checks
+
+
+def check_common(args: argparse.Namespace, seed_minimum: int | None = None) -> None:
+    """The numeric options of every command, before any work."""
+    for name in ("top_k", "chunk_size", "rounds", "limit", "pool_size", "rise_masks", "scoring_draws",
+                 "batch_size", "seeds"):
+        if getattr(args, name, None) is not None:
+            checks.positive_int("--" + name.replace("_", "-"), getattr(args, name))
+    if seed_minimum is None:
+        checks.seed("--seed", args.seed)
+    else:
+        checks.integer("--seed", args.seed, minimum=seed_minimum, maximum=checks.SEED_MAX)
+    checks.positive_number("--blur-sigma", args.blur_sigma)
+    if args.samples is None:
+        args.samples = 1 if args.sampler in ("blur", "constant") else 8
+    checks.positive_int("--samples", args.samples)
+
+
+def check_budget_alpha(budget: float | None, alpha: float | None, num_samples: int) -> None:
+    """``--budget`` and ``--alpha`` of ``explain`` (``--alpha`` needs S >= 2 for a standard error)."""
+    if budget is not None and not 0 < budget <= 1:
+        raise UsageError(f"--budget: a fraction of the stride-1 passes in (0, 1], got {budget}")
+    if alpha is not None and not 0 < alpha < 1:
+        raise UsageError(f"--alpha: a significance level in (0, 1) such as 0.05, got {alpha}")
+    if alpha is not None and num_samples < 2:
+        raise UsageError(f"--alpha: needs a standard error, which S = {num_samples} sample(s) per window does not "
+                         "give; use --samples 2 or more (with a random sampler: marginal or conditional)")
+
+
+def check_evaluate_args(args: argparse.Namespace) -> Path:
+    """Every ``evaluate`` option that needs no model or data; returns the output folder."""
+    check_common(args, seed_minimum=0)
+    if args.distributed and (args.process_index, args.process_count) != (0, 1):
+        raise UsageError("--distributed: the process index and count come from jax.distributed; "
+                         "drop --process-index/--process-count")
+    if not args.distributed and any(v is not None for v in (args.coordinator_address, args.num_processes,
+                                                              args.process_id)):
+        raise UsageError("--coordinator-address/--num-processes/--process-id need --distributed")
+    return checks.output_dir(args.out, "--out")

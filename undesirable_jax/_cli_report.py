@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 
-def save_explained(args: argparse.Namespace, model: Any, raw: Any, image: Any, expl: Any, f: Any, image_name: str,
-                    paths: list[Path]) -> None:
-    """The factor figure (PNG) and every array (npz) of one ``explain`` run."""
+def save_explained(args: argparse.Namespace, model: Any, raw: Any, image: Any, expl: Any, f: Any, masked: Any,
+                   image_name: str, paths: list[Path]) -> None:
+    """The factor figure (PNG) and every array (npz) of one ``explain`` run; ``masked``: the factors
+    with the not-significant pixels set to 0 (``--alpha``), hatched in the figure."""
     import numpy as np
 
     from . import io
@@ -18,16 +19,30 @@ def save_explained(args: argparse.Namespace, model: Any, raw: Any, image: Any, e
     from .visualize import factor_figure, save_figure
 
     shown = model.preprocess.display(raw) if isinstance(model.preprocess, Preprocessor) else image
-    fig = factor_figure(shown, f, [n.split(",")[0].strip() for n in model.class_names],
-                        title=f"{model.name} on {image_name}: window {args.window}, stride {args.stride}, "
-                              f"{args.sampler} ×{args.samples}")
+    fig = factor_figure(shown, f if masked is None else masked, [n.split(",")[0].strip() for n in model.class_names],
+                        unmasked=None if masked is None else f,
+                        title=f"{model.name} on {image_name}: {_settings_title(args, expl)}")
     save_figure(fig, paths[0], dpi=args.dpi)
     io.save_npz(paths[1], image=image, evidence=expl.evidence, probs=expl.probs, classes=expl.classes,
                 coverage=expl.coverage, window_probs=expl.window_probs, target_class=f.target_class,
                 target=f.target, non_target_classes=f.non_target_classes, non_target=f.non_target,
                 non_target_probs=f.non_target_probs, combined=f.combined, window=args.window,
                 stride=args.stride, num_samples=args.samples, seed=args.seed, decoupled=not args.plain,
+                evidence_se=expl.evidence_se, window_samples=expl.window_samples,
+                budget=np.nan if args.budget is None else args.budget,
+                alpha=np.nan if args.alpha is None else args.alpha,
+                significant_target=np.full(f.target.shape, True) if masked is None else
+                np.asarray(masked.target) >= np.asarray(f.target),
                 model=model.name, sampler=args.sampler, class_names=np.asarray(model.class_names))
+
+
+def _settings_title(args: argparse.Namespace, expl: Any) -> str:
+    import numpy as np
+
+    how = (f"stride {args.stride}" if args.budget is None else
+           f"adaptive {int(np.sum(np.asarray(expl.window_samples) > 0))}/{expl.grid.num_windows} positions")
+    hatch = "" if args.alpha is None else f"; hatched: not significant at {args.alpha:g}"
+    return f"window {args.window}, {how}, {args.sampler} ×{args.samples}{hatch}"
 
 
 def explained(model: Any, image_name: str, expl: Any, f: Any, top: list[tuple[int, str, float]]) -> None:

@@ -24,13 +24,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import _cli_options as options, _cli_report as report, checks
+from ._cli_options import UsageError
 
 __all__ = ["UsageError", "build_parser", "load_raw_image", "main", "resolve_target", "top_classes"]
 _WINDOW = ("--window", "--stride")
-
-
-class UsageError(ValueError):
-    """Bad command-line input: reported as one ``error:`` line, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,22 +96,6 @@ def _preprocessed(model: Any, raw: Any) -> Any:
     return np.asarray(model.preprocess(raw).image, np.float32)
 
 
-def _check_common(args: argparse.Namespace, seed_minimum: int | None = None) -> None:
-    """The numeric options of every command, before any work."""
-    for name in ("top_k", "chunk_size", "rounds", "limit", "pool_size", "rise_masks", "scoring_draws",
-                 "batch_size", "seeds"):
-        if getattr(args, name, None) is not None:
-            checks.positive_int("--" + name.replace("_", "-"), getattr(args, name))
-    if seed_minimum is None:
-        checks.seed("--seed", args.seed)
-    else:
-        checks.integer("--seed", args.seed, minimum=seed_minimum, maximum=checks.SEED_MAX)
-    checks.positive_number("--blur-sigma", args.blur_sigma)
-    if args.samples is None:
-        args.samples = 1 if args.sampler in ("blur", "constant") else 8
-    checks.positive_int("--samples", args.samples)
-
-
 def _status(msg: str, args: argparse.Namespace) -> None:
     if not args.no_progress:
         print(msg, file=sys.stderr, flush=True)
@@ -129,15 +110,19 @@ def _mesh(args: argparse.Namespace) -> str | None:
 
 def _explain_setup(args: argparse.Namespace) -> tuple[Any, Any, str]:
     """Checks every ``explain`` option, loads the image and the model; fills the default window/stride."""
-    _check_common(args)
+    options.check_common(args)
     checks.positive_int("--dpi", args.dpi, maximum=checks.MAX_DPI)
     checks.positive_number("--laplace-n", args.laplace_n)
     checks.output_dir(args.out_dir, "--out-dir")
     raw, image_name = load_raw_image(args.image)
     model = _model(args)
     args.window = max(1, round(min(model.input_shape[:2]) / 7)) if args.window is None else args.window
-    args.stride = max(1, args.window // 2) if args.stride is None else args.stride
+    if args.budget is not None and args.stride is not None:
+        raise UsageError("--stride: not used with --budget (adaptive windows give a stride-1 map); drop one of them")
+    if args.stride is None:
+        args.stride = 1 if args.budget is not None else max(1, args.window // 2)
     checks.window(args.window, args.stride, model.input_shape, _WINDOW)
+    options.check_budget_alpha(args.budget, args.alpha, args.samples)
     args.target = resolve_target(args.target, model.class_names)
     if args.top_k > len(model.class_names) - 1:
         raise UsageError(f"--top-k: {args.top_k} competitors asked for, but the model has only "
@@ -145,12 +130,23 @@ def _explain_setup(args: argparse.Namespace) -> tuple[Any, Any, str]:
     return raw, model, image_name
 
 
+def _explain(args: argparse.Namespace, classifier: Any, image: Any, sampler: Any, key: Any) -> Any:
+    """``explain`` with ``--stride``, or ``explain_adaptive`` with ``--budget``."""
+    from .adaptive import explain_adaptive
+    from .engine import explain
+
+    common = dict(window=args.window, sampler=sampler, num_samples=args.samples, key=key, chunk_size=args.chunk_size,
+                  laplace_n=args.laplace_n, mesh=_mesh(args), progress=not args.no_progress)
+    if args.budget is None:
+        return explain(classifier, image, stride=args.stride, **common)
+    return explain_adaptive(classifier, image, budget=args.budget, **common)
+
+
 def run_explain(args: argparse.Namespace) -> int:
     """``undesirable-jax explain``: see the subcommand's ``--help``."""
     import jax
     import numpy as np
 
-    from .engine import explain
     from .factors import factors
 
     t0 = time.perf_counter()
@@ -163,29 +159,16 @@ def run_explain(args: argparse.Namespace) -> int:
     pool = lambda: np.stack([_preprocessed(model, load_raw_image(s, "--pool")[0]) for s in pool_specs])  # noqa: E731
     _status(f"model {model.name} ({len(model.class_names)} classes, input {model.input_shape}); image {image_name}; "
             f"sampler {args.sampler}, window {args.window}, stride {args.stride}, S={args.samples}", args)
-    expl = explain(model.classifier, image, window=args.window, stride=args.stride,
-                   sampler=_sampler(args, pool, k_sampler), num_samples=args.samples, key=k_explain,
-                   chunk_size=args.chunk_size, laplace_n=args.laplace_n, mesh=_mesh(args),
-                   progress=not args.no_progress)
-    f = factors(expl, target=args.target, top_k=args.top_k, decouple=not args.plain)
-    report.save_explained(args, model, raw, image, expl, f, image_name, paths)
+    expl = _explain(args, model.classifier, image, _sampler(args, pool, k_sampler), k_explain)
+    f, masked = (factors(expl, target=args.target, top_k=args.top_k, decouple=not args.plain, alpha=alpha)
+                 for alpha in (None, args.alpha))
+    report.save_explained(args, model, raw, image, expl, f, None if args.alpha is None else masked, image_name, paths)
     report.explained(model, image_name, expl, f, top_classes(expl.probs, model.class_names, args.top_k + 1))
     print(f"figure: {paths[0]}\narrays: {paths[1]}\ntime: {time.perf_counter() - t0:.1f} s")
     return 0
 
 
 # ------------------------------------------------------------------------------------------ evaluate
-
-
-def _check_evaluate_args(args: argparse.Namespace) -> Path:
-    _check_common(args, seed_minimum=0)
-    if args.distributed and (args.process_index, args.process_count) != (0, 1):
-        raise UsageError("--distributed: the process index and count come from jax.distributed; "
-                         "drop --process-index/--process-count")
-    if not args.distributed and any(v is not None for v in (args.coordinator_address, args.num_processes,
-                                                              args.process_id)):
-        raise UsageError("--coordinator-address/--num-processes/--process-id need --distributed")
-    return checks.output_dir(args.out, "--out")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -196,7 +179,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from . import data
     from .evaluate import orchestrate
 
-    out = _check_evaluate_args(args)
+    out = options.check_evaluate_args(args)
     share = (orchestrate.join(args.coordinator_address, args.num_processes, args.process_id) if args.distributed
              else orchestrate.Share(args.process_index, args.process_count))
     full, pool_set = data.from_spec(args.dataset, args.split, args.data_dir, name="--dataset")
@@ -233,7 +216,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
 
     from .throughput import engine_throughput
 
-    _check_common(args)
+    options.check_common(args)
     if args.json is not None:
         checks.output_file(args.json, "--json")
     model = _model(args)

@@ -14,6 +14,13 @@ From one :class:`~undesirable_jax.engine.Explanation` (no new forward pass):
   arithmetic, but it stays meaningful in float32 where a confident p(t) rounds to 1.
 - ``combined``: the competitors' U_c weighted by p(c|x), normalised by the sum of those weights (equal
   weights in the one case where that sum is 0: every listed competitor underflowed to p = 0).
+- ``alpha``: keep only pixels whose evidence is significant at that (two-sided) level, with
+  ``z = Φ⁻¹(1 − alpha/2)``: U_t where ``−R_t > z · SE(R_t)``, plain U_c where ``R_c > z · SE(R_c)``,
+  decoupled U_c where ``R^q_c > z · SE(R^q_c)``; the other pixels become 0. SE(R) is the explanation's
+  ``evidence_se``. For the decoupled evidence, SE(q̄_c) is bounded per window by
+  ``(SE(p̄_c) + q̄_c · SE(p̄_t)) / (1 − p̄_t)`` (the delta method with the unknown covariance of p_c
+  and p_t at its Cauchy–Schwarz worst case), so that test is conservative. A pixel without a standard
+  error (NaN: a window with S = 1) is never significant.
 
 Ranking, with ties broken deterministically: a higher p(c|x) first; among equal probabilities the
 lower class id first. The same rule picks the top-1 class when no target is given.
@@ -25,6 +32,7 @@ axis on every array) goes through ``jax.vmap`` of the same function.
 from __future__ import annotations
 
 import functools
+import statistics
 from typing import Any
 
 import jax
@@ -34,7 +42,7 @@ from flax import struct
 
 from .classifiers import rank_classes
 from .engine import Explanation
-from .evidence import non_target_distribution, weight_of_evidence
+from .evidence import non_target_distribution, pixel_evidence
 from .windows import WindowGrid
 
 _TINY = float(np.finfo(np.float32).tiny)
@@ -50,6 +58,7 @@ class Factors:
     ``non_target_classes`` int [k]: the competitors, ranked. ``non_target_probs`` [k]: their p(c|x).
     ``non_target`` [k, H, W] ≥ 0: U_c for each competitor. ``combined`` [H, W] ≥ 0: the U_c weighted
     by p(c|x) and normalised by the sum of those weights. ``decoupled``: how U_c was computed.
+    ``alpha``: the significance level the maps were masked at (None: every pixel kept).
     """
 
     target_class: jnp.ndarray
@@ -60,9 +69,11 @@ class Factors:
     non_target: jnp.ndarray
     combined: jnp.ndarray
     decoupled: bool = struct.field(pytree_node=False, default=True)
+    alpha: float | None = struct.field(pytree_node=False, default=None)
 
 
-def factors(explanation: Explanation, target: Any = None, top_k: int = 3, decouple: bool = True) -> Factors:
+def factors(explanation: Explanation, target: Any = None, top_k: int = 3, decouple: bool = True,
+            alpha: float | None = None) -> Factors:
     """Undesirable factors of ``explanation`` for ``target`` and its ``top_k`` strongest competitors.
 
     Args:
@@ -72,6 +83,8 @@ def factors(explanation: Explanation, target: Any = None, top_k: int = 3, decoup
         ``[B]`` (one id per explanation). It must be among ``explanation.classes``.
       top_k: how many competitors to report, 1 ≤ top_k ≤ (kept classes − 1). Static under ``jit``.
       decouple: compute the competitors' evidence on q(c) = p(c) / (1 − p(t)) (see module docstring).
+      alpha: None (keep every pixel) or a level in (0, 1) such as 0.05: keep only the pixels whose
+        evidence is significant (module docstring). Needs an explanation with ``evidence_se``.
 
     Works under ``jax.jit`` (``top_k`` and ``decouple`` static). When ``target`` or the explanation is
     traced, membership of ``target`` cannot be checked eagerly: a missing class then gives
@@ -90,29 +103,32 @@ def factors(explanation: Explanation, target: Any = None, top_k: int = 3, decoup
     kept = int(explanation.classes.shape[-1])
     top_k = _check_top_k(top_k, kept, explanation.num_classes)
     target_ids = _check_target(target, explanation.classes, batched)
+    z = _check_alpha(alpha, explanation)
+    se = None if z is None else (explanation.evidence_se, explanation.window_probs_se)
 
     out = _factors_jit(explanation.evidence, explanation.probs, explanation.classes,
-                       explanation.window_probs, target_ids, top_k=top_k, decouple=bool(decouple),
+                       explanation.window_probs, target_ids, se, top_k=top_k, decouple=bool(decouple),
                        grid=explanation.grid, num_classes=explanation.num_classes,
-                       laplace_n=explanation.laplace_n, batched=batched)
-    return Factors(*out, decoupled=bool(decouple))
+                       laplace_n=explanation.laplace_n, batched=batched, z=z)
+    return Factors(*out, decoupled=bool(decouple), alpha=None if z is None else float(alpha))
 
 
-@functools.partial(jax.jit, static_argnames=("top_k", "decouple", "grid", "num_classes", "laplace_n", "batched"))
-def _factors_jit(evidence, probs, classes, window_probs, target, *, top_k, decouple, grid, num_classes,
-                 laplace_n, batched):
+@functools.partial(jax.jit, static_argnames=("top_k", "decouple", "grid", "num_classes", "laplace_n", "batched",
+                                             "z"))
+def _factors_jit(evidence, probs, classes, window_probs, target, se, *, top_k, decouple, grid, num_classes,
+                 laplace_n, batched, z):
     """One compiled call (fast eagerly too); a stack goes through ``vmap`` of :func:`_factors_one`."""
     one = functools.partial(_factors_one, top_k=top_k, decouple=decouple, grid=grid,
-                            num_classes=num_classes, laplace_n=laplace_n)
+                            num_classes=num_classes, laplace_n=laplace_n, z=z)
     if not batched:
-        return one(evidence, probs, classes, window_probs, target)
+        return one(evidence, probs, classes, window_probs, target, se)
     if target is None:
-        return jax.vmap(lambda *a: one(*a, None))(evidence, probs, classes, window_probs)
-    return jax.vmap(one)(evidence, probs, classes, window_probs, target)
+        return jax.vmap(lambda e, p, c, w, s: one(e, p, c, w, None, s))(evidence, probs, classes, window_probs, se)
+    return jax.vmap(one)(evidence, probs, classes, window_probs, target, se)
 
 
-def _factors_one(evidence, probs, classes, window_probs, target, *, top_k: int, decouple: bool,
-                 grid: WindowGrid, num_classes: int, laplace_n: float):
+def _factors_one(evidence, probs, classes, window_probs, target, se, *, top_k: int, decouple: bool,
+                 grid: WindowGrid, num_classes: int, laplace_n: float, z: float | None):
     """The factors of one explanation: plain arrays in, the fields of :class:`Factors` out."""
     if target is None:
         t_row = rank_classes(probs, classes)[0]
@@ -128,6 +144,8 @@ def _factors_one(evidence, probs, classes, window_probs, target, *, top_k: int, 
     p_t = probs[t_row]
     p_c = probs[rows]
     u_t = jnp.maximum(0.0, -evidence[t_row])
+    if z is not None:
+        u_t = jnp.where(-evidence[t_row] > z * se[0][t_row], u_t, 0.0)
     if decouple:
         if probs.shape[0] == num_classes:
             # Every class kept: 1 − p(t) as the sum of the others' probabilities, which stays exact
@@ -140,10 +158,16 @@ def _factors_one(evidence, probs, classes, window_probs, target, *, top_k: int, 
             q_full = non_target_distribution(p_c, p_t)
             q_win = non_target_distribution(window_probs[rows], window_probs[t_row][None])
         q_full = q_full[:, None, None]
-        we = weight_of_evidence(q_full, q_win, laplace_n, num_classes - 1)
-        u_c = jnp.maximum(0.0, grid.to_pixels(we))
+        se_q = None if z is None else ((se[1][rows] + q_win * se[1][t_row][None])
+                                       / jnp.maximum(1.0 - window_probs[t_row], _TINY)[None])
+        r_q, se_r = pixel_evidence(grid, q_full, q_win, laplace_n, num_classes - 1, se_q)
+        u_c = jnp.maximum(0.0, r_q)
+        if z is not None:
+            u_c = jnp.where(r_q > z * se_r, u_c, 0.0)
     else:
         u_c = jnp.maximum(0.0, evidence[rows])
+        if z is not None:
+            u_c = jnp.where(evidence[rows] > z * se[0][rows], u_c, 0.0)
     total = jnp.sum(p_c)
     # All listed competitors at p = 0 (float underflow): the weighted mean is 0/0; use equal weights.
     weights = jnp.where(total > 0, p_c / jnp.where(total > 0, total, 1.0), 1.0 / top_k)
@@ -153,6 +177,19 @@ def _factors_one(evidence, probs, classes, window_probs, target, *, top_k: int, 
     t_class = jnp.where(found, classes[t_row], -1).astype(jnp.int32)
     u_t, u_c, combined = (jnp.where(found, a, nan) for a in (u_t, u_c, combined))
     return (t_class, jnp.where(found, p_t, nan), u_t, classes[rows].astype(jnp.int32), p_c, u_c, combined)
+
+
+def _check_alpha(alpha: Any, explanation: Explanation) -> float | None:
+    """``z = Φ⁻¹(1 − alpha/2)`` for a level ``alpha`` in (0, 1), or None for ``alpha=None``."""
+    if alpha is None:
+        return None
+    if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, (int, float, np.floating)) \
+            or not 0.0 < float(alpha) < 1.0:
+        raise ValueError(f"alpha: expected None or a significance level in (0, 1) such as 0.05, got {alpha!r}")
+    if explanation.evidence_se is None or explanation.window_probs_se is None:
+        raise ValueError("alpha: this explanation has no evidence_se (it was not made by explain or "
+                         "explain_adaptive); pass alpha=None")
+    return float(statistics.NormalDist().inv_cdf(1.0 - float(alpha) / 2.0))
 
 
 def _check_top_k(top_k: Any, kept: int, num_classes: int) -> int:

@@ -106,8 +106,12 @@ def plot_evidence(ax: Any, evidence: Any, *, vmax: float | None = None, title: s
 
 
 def plot_heat(ax: Any, image: Any, heat: Any, *, vmax: float | None = None, title: str | None = None,
-              cmap: str = HEAT_CMAP, colorbar: bool = True) -> Any:
-    """Map ``heat`` ≥ 0 ``[H, W]`` as an overlay on a greyed ``image``; opacity grows with the value."""
+              cmap: str = HEAT_CMAP, colorbar: bool = True, significant: Any = None) -> Any:
+    """Map ``heat`` ≥ 0 ``[H, W]`` as an overlay on a greyed ``image``; opacity grows with the value.
+
+    ``significant``: optional ``[H, W]`` bool; the other pixels are drawn at a quarter of the opacity
+    and hatched (e.g. the pixels that ``factors(..., alpha=…)`` dropped).
+    """
     grey = greyed(image)
     u = _map2d("heat", heat)
     if u.shape != grey.shape[:2]:
@@ -123,29 +127,41 @@ def plot_heat(ax: Any, image: Any, heat: Any, *, vmax: float | None = None, titl
         title += " (zero everywhere)"
     ax.imshow(grey, interpolation="nearest")
     alpha = 0.9 * np.sqrt(np.clip(u / m, 0.0, 1.0))  # small values fade out, the image shows through
+    if significant is not None:
+        keep = np.asarray(significant, bool)
+        if keep.shape != u.shape:
+            raise ValueError(f"significant: mask shape {keep.shape} does not match the map {u.shape}")
+        alpha = np.where(keep, alpha, 0.25 * alpha)
     im = ax.imshow(u, cmap=cmap, vmin=0.0, vmax=m, alpha=alpha, interpolation="nearest")
+    if significant is not None and not keep.all():
+        ax.contourf(~keep, levels=[0.5, 1.5], colors="none", hatches=["////"])
     _finish(ax, im, title, colorbar, label="U (bits)")
     return im
 
 
 def factor_figure(image: Any, factors: Factors, class_names: Sequence[str] | None = None, *,
                   show_combined: bool = True, shared_scale: bool = False, panel_size: float = 3.0,
-                  cmap: str = HEAT_CMAP, title: str | None = None) -> Figure:
+                  cmap: str = HEAT_CMAP, title: str | None = None, unmasked: Factors | None = None) -> Figure:
     """One row: the image, U_t, U_c for each competitor in ``factors`` and (optionally) the combined map.
 
     ``image``: the image the explanation was made on (model input of any range, or its uint8 original
     of the same size). ``class_names``: names indexed by class id (None: "class <id>").
     ``shared_scale``: one colour scale for all U maps (default: each panel scaled to its own max).
     The figure is ``panel_size · panels`` by ``1.25 · panel_size`` inches.
+    ``unmasked``: when ``factors`` was computed with ``alpha``, the same factors with ``alpha=None``: the
+    panels then show every pixel and fade and hatch those that are not significant.
     """
     if not isinstance(factors, Factors):
         raise TypeError(f"factors: expected undesirable_jax.factors.Factors, got {type(factors).__name__}")
     if np.ndim(factors.target) != 2:
         raise ValueError(f"factors: expected the factors of one explanation (target [H, W]), got target shape "
                          f"{np.shape(factors.target)}; for a stack take one: jax.tree.map(lambda a: a[i], f)")
-    u_t = np.asarray(factors.target, np.float32)
-    u_c = np.asarray(factors.non_target, np.float32)
-    comb = np.asarray(factors.combined, np.float32)
+    u_t, u_c, comb = (np.asarray(a, np.float32) for a in (factors.target, factors.non_target, factors.combined))
+    masks = [None] * (2 + u_c.shape[0])
+    if unmasked is not None:
+        masks = _significance(factors, unmasked)
+        u_t, u_c, comb = (np.asarray(a, np.float32) for a in (unmasked.target, unmasked.non_target,
+                                                               unmasked.combined))
     if not (np.all(np.isfinite(u_t)) and np.all(np.isfinite(u_c)) and np.all(np.isfinite(comb))):
         raise ValueError("factors: maps contain NaN (target_class = "
                          f"{int(factors.target_class)}: the target was not among the explanation's classes)")
@@ -160,15 +176,17 @@ def factor_figure(image: Any, factors: Factors, class_names: Sequence[str] | Non
     axes = fig.subplots(1, n, squeeze=False)[0]
     axes[0].imshow(display_image(image), interpolation="nearest")
     _finish(axes[0], None, f"input\ntarget: {class_label(t, class_names)}", False)
-    plot_heat(axes[1], image, u_t, vmax=vmax, cmap=cmap,
+    plot_heat(axes[1], image, u_t, vmax=vmax, cmap=cmap, significant=masks[0],
               title=f"U_t: against {class_label(t, class_names)}\np = {_fmt_p(factors.target_prob)}")
     for i, (name, p) in enumerate(zip(names, probs)):
-        plot_heat(axes[2 + i], image, u_c[i], vmax=vmax, cmap=cmap, title=f"U_c: for {name}\np = {_fmt_p(p)}")
+        plot_heat(axes[2 + i], image, u_c[i], vmax=vmax, cmap=cmap, significant=masks[1 + i],
+                  title=f"U_c: for {name}\np = {_fmt_p(p)}")
     if show_combined:
-        plot_heat(axes[-1], image, comb, vmax=vmax, cmap=cmap,
+        plot_heat(axes[-1], image, comb, vmax=vmax, cmap=cmap, significant=masks[-1],
                   title=f"combined U_c\n(p-weighted, {len(names)} classes)")
     kind = "decoupled from the target" if factors.decoupled else "plain PDA"
-    fig.suptitle(title or f"Undesirable factors (U_c {kind})")
+    level = "" if factors.alpha is None else f"; hatched: not significant at {factors.alpha:g}"
+    fig.suptitle(title or f"Undesirable factors (U_c {kind}{level})")
     return fig
 
 
@@ -242,6 +260,21 @@ def explain_figure(classifier: Any, image: Any, *, display: Any = None,
     if path is not None:
         save_figure(fig, path, dpi=dpi)
     return FactorReport(fig, f, expl)
+
+
+def _significance(masked: Factors, unmasked: Factors) -> list:
+    """Per panel (U_t, each U_c, combined): where ``masked`` kept the pixel, or every pixel of a map
+    that the mask left unchanged."""
+    if masked.alpha is None or unmasked.alpha is not None:
+        raise ValueError("unmasked: pass factors computed with alpha as `factors` and the same factors with "
+                         "alpha=None as `unmasked`")
+    if int(masked.target_class) != int(unmasked.target_class) or not np.array_equal(
+            np.asarray(masked.non_target_classes), np.asarray(unmasked.non_target_classes)):
+        raise ValueError("unmasked: its target and competitors differ from those of `factors`; compute both "
+                         "from the same explanation with the same target and top_k")
+    pairs = [(masked.target, unmasked.target), *zip(masked.non_target, unmasked.non_target),
+             (masked.combined, unmasked.combined)]
+    return [np.asarray(m) >= np.asarray(u) for m, u in pairs]
 
 
 def _figure(width: float, height: float) -> Figure:
