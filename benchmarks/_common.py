@@ -31,8 +31,8 @@ TORCH_HINT = ("torch and captum are optional benchmark dependencies; install the
 
 # ---------------------------------------------------------------- timing
 
-# block and wall_cpu are the package's own (undesirable_jax.benchmark), shared with the CLI's benchmark.
-from undesirable_jax.benchmark import block, wall_cpu  # noqa: E402
+# block and wall_cpu are the package's own (undesirable_jax.throughput), shared with the CLI's benchmark.
+from undesirable_jax.throughput import block, wall_cpu  # noqa: E402
 
 
 def best_time(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> float:

@@ -38,7 +38,7 @@ from flax import struct
 
 import undesirable_jax as uj
 from undesirable_jax import engine as E
-from undesirable_jax.benchmark import check_engine
+from undesirable_jax.throughput import check_engine
 
 from _common import PDA_PASSES, block, load_model, load_note, report, table, wall_cpu
 

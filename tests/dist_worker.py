@@ -14,6 +14,7 @@ def main() -> None:
 
     from undesirable_jax import data, models, samplers
     from undesirable_jax.evaluate import EvalConfig
+    from undesirable_jax.evaluate.orchestrate import run_distributed
 
     model = models.load("digits_cnn")
     digits = data.digits("test")
@@ -35,8 +36,18 @@ def main() -> None:
             return real(i)
 
         subset = _Wrapped(subset, dying)
-    paths = dist.run_evaluation(out, subset, model.classifier, config, samplers.constant(0.0),
-                                preprocess=prep, progress=False)
+    loads_file = os.environ.get("UJ_TEST_COUNT_LOADS")
+    if loads_file:  # record every image this process decodes, one index per line
+        counted = subset.__getitem__
+
+        def counting(i):
+            with open(f"{loads_file}.{index}", "a") as f:
+                f.write(f"{i}\n")
+            return counted(i)
+
+        subset = _Wrapped(subset, counting)
+    paths = run_distributed(out, subset, model.classifier, config, samplers.constant(0.0),
+                            preprocess=prep, progress=False)
     print("MERGED" if paths else "DONE", flush=True)
 
 

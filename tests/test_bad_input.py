@@ -26,7 +26,8 @@ import pytest
 from PIL import Image
 
 import undesirable_jax as uj
-from undesirable_jax import benchmark, checks, cli, data, engine, models, samplers
+from undesirable_jax import checks, cli, data, engine, models, samplers
+from undesirable_jax import throughput as benchmark
 from undesirable_jax.checks import BadFileError
 from undesirable_jax.models import checkpoints
 from test_weights_torch_writer import state_dict_pickle, write_legacy, write_zip

@@ -399,7 +399,7 @@ def test_benchmark_digits_checks_and_reports(tmp_path, capsys):
 
 def test_benchmark_check_catches_an_engine_that_disagrees(monkeypatch):
     """The correctness check compares against hand-built images; an engine using other keys fails it."""
-    from undesirable_jax import benchmark
+    from undesirable_jax import throughput as benchmark
 
     model = models.load("digits_cnn")
     image = model.preprocess(data.digits("test")[0].image).image

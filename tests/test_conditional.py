@@ -288,7 +288,7 @@ def test_explain_compiles_once_is_deterministic_and_chunk_invariant():
 def test_every_batching_gives_the_engine_the_same_windows(per_channel):
     """The accelerator form (gathered class matrices) forced on this CPU: the engine's window
     probabilities equal the CPU loop's, and both equal the classifier on hand-built fills."""
-    from undesirable_jax.benchmark import check_engine
+    from undesirable_jax.throughput import check_engine
 
     s = _fitted_small(per_channel=per_channel)
     image = ndimage.gaussian_filter(np.random.default_rng(5).normal(size=(14, 15, 3)), (1.5, 1.5, 0))

@@ -92,3 +92,44 @@ def test_dead_process_keeps_finished_results_and_resume_completes(tmp_path):
     final = results(tmp_path)
     assert len(final) == 6
     assert all(final[name] == rec for name, rec in done.items())
+
+
+class Counting:
+    """A data set with ids that records every image it decodes."""
+
+    def __init__(self, inner):
+        self.inner, self.loads = inner, []
+        self.ids, self.class_names = inner.ids, inner.class_names
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        self.loads.append(i)
+        return self.inner[i]
+
+
+@pytest.mark.slow
+def test_each_image_is_decoded_by_one_process_and_merge_only_decodes_none(tmp_path):
+    from undesirable_jax import data
+    from undesirable_jax.evaluate import orchestrate
+
+    runs = launch(tmp_path, [0, 0], env_extra={"UJ_TEST_COUNT_LOADS": str(tmp_path / "loads")})
+    for code, out in runs:
+        assert code == 0, out[-3000:]
+    loads = [[int(x) for x in (tmp_path / f"loads.{i}").read_text().split()] for i in range(2)]
+    assert sorted(loads[0] + loads[1]) == list(range(6))          # every image once, by one process
+    assert set(loads[0]) == {0, 2, 4} and set(loads[1]) == {1, 3, 5}
+    digits = data.digits("test")
+    counting = Counting(data.ArraySet(name="digits", images=digits.images[:6], labels=digits.labels[:6],
+                                      ids=digits.ids[:6], class_names=digits.class_names))
+    paths = orchestrate.merge_only(tmp_path, counting)
+    assert counting.loads == [] and paths["csv"].exists()
+
+
+def test_tfds_and_subset_ids_need_no_decoding():
+    """Every data set the CLI builds knows its ids without reading an image (so shares read only their own)."""
+    from undesirable_jax import data
+
+    ds = data.Subset(Counting(data.Subset(data.digits("test"), 5)), 3)
+    assert ds.ids == data.digits("test").ids[:3] and ds.dataset.loads == []

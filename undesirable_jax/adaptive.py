@@ -30,6 +30,7 @@ from jax.sharding import Mesh
 from scipy.sparse import csr_matrix
 from scipy.spatial import Delaunay
 
+from .classifiers import rank_classes
 from .engine import Explanation, Run, check_samples, plan_chunk, prepare
 from .evidence import weight_of_evidence
 from .samplers import Sampler
@@ -93,7 +94,7 @@ def explain_adaptive(
     if len(cy) == 1 or len(cx) == 1:  # a one-position axis: cells are segments along the other
         cells = _degenerate_cells(cy, cx)
     weights = (float(magnitude_weight), float(se_weight))
-    top = np.asarray(jnp.lexsort((run.rows, -run.p0))[:_check_focus(focus, run.rows.shape[0])])
+    top = np.asarray(rank_classes(run.p0, run.rows)[:_check_focus(focus, run.rows.shape[0])])
     acc = _refine_rounds(run, acc, cells, evaluated, top, weights, limit - first.size, s_count, chunk)
     return _assemble(run, acc, evaluated, s_count)
 

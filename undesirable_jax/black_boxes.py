@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import checks
 from .classifiers import _OUTPUTS, Classifier
 
 _LAYOUTS = ("NHWC", "NCHW")
@@ -47,12 +48,10 @@ class HostFunction:
                  batch_size: int | None = None, layout: str = "NHWC", fixed_batch: bool = False):
         if not callable(fn):
             raise TypeError(f"fn: expected a callable images [N, H, W, C] -> [N, K], got {type(fn).__name__}")
-        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
-                                        or num_classes < 1):
-            raise ValueError(f"num_classes: expected an int >= 1 (K, the number of classes), got {num_classes!r}")
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
-                                       or batch_size < 1):
-            raise ValueError(f"batch_size: expected None (whole chunks) or an int >= 1, got {batch_size!r}")
+        if num_classes is not None:
+            checks.positive_int("num_classes", num_classes, maximum=None)
+        if batch_size is not None:
+            checks.positive_int("batch_size", batch_size, maximum=None)
         if layout not in _LAYOUTS:
             raise ValueError(f"layout: expected one of {_LAYOUTS}, got {layout!r}")
         if fixed_batch and batch_size is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -120,3 +120,17 @@ def _range(minimum: int | None, maximum: int | None) -> str:
     if minimum is not None:
         return f" >= {minimum}"
     return f" <= {maximum}" if maximum is not None else ""
+
+
+def window(window: int, stride: int, shape: Sequence[int], names: tuple[str, str] = ("window", "stride")) -> None:
+    """A square ``window`` and its ``stride`` on an image of ``shape`` ``(h, w, ...)``: both >= 1, the window
+    no larger than the image, the stride no larger than the window (else pixels get no evidence).
+    ``names``: the two arguments as errors call them (``("--window", "--stride")`` on the command line)."""
+    positive_int(names[0], window, maximum=None)
+    positive_int(names[1], stride, maximum=None)
+    h, w = int(shape[0]), int(shape[1])
+    if window > min(h, w):
+        raise ValueError(f"{names[0]}: {window} is larger than the image {h}×{w}; pick {names[0]} <= {min(h, w)}")
+    if stride > window:
+        raise ValueError(f"{names[1]}: {stride} is larger than {names[0]} {window}; pixels between windows would "
+                         f"get no evidence; pick {names[1]} <= {window}")

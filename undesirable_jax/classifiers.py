@@ -152,3 +152,17 @@ class _NnxApply:
         from flax import nnx
 
         return nnx.merge(self.graphdef, state)(images)
+
+
+def rank_classes(probs: Any, classes: Any = None) -> Any:
+    """Positions of ``probs`` in rank order: highest p first, lowest class id on ties.
+
+    ``classes``: the class id of each position (default ``0..K-1``). NumPy in, NumPy out; a JAX array
+    in (also under ``jit``), a JAX array out. The one ranking rule of the package: the target and the
+    competitors of the factors, the figure's panels, the CLI's top classes and the evaluation's
+    competitor all come from it.
+    """
+    xp = np if isinstance(probs, (np.ndarray, list, tuple, float, int)) else jnp
+    p = xp.asarray(probs)
+    ids = xp.arange(p.shape[-1]) if classes is None else xp.asarray(classes)
+    return xp.lexsort((ids, -p))

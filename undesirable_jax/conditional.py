@@ -13,7 +13,8 @@ offset ``o ∈ {0, …, 2·padding}`` inside its patch (``padding`` in the inter
 with numpy) when the sampler is built. Sampling inside the engine's jitted step is then, per window,
 ``bias[c] + W[c]·x₂ + L[c]·z`` for its class ``c``: under ``vmap`` a batched matrix–vector product
 (gathered class matrices on accelerators, a loop reading them in place on CPU, where copying them per
-window was 9× slower; see :func:`class_affine`; the sampler's ``batching`` field can force either form,
+window was 1.3–6× slower at 5×5 windows and 7–28× at 10×10 (``benchmarks/bench_affine.py``); see
+:func:`class_affine`; the sampler's ``batching`` field can force either form,
 e.g. to test the accelerator form on a CPU). The products run at full float32 precision on every
 platform (GPUs would otherwise use TF32, about three significant digits). An image shorter than ``l`` along an
 axis is zero-padded to ``l`` in :meth:`ConditionalGaussian.prepare`; the padded pixels get zero
@@ -367,7 +368,9 @@ def affine_gathered(bias, weight, chol, cls, v, z):
 
 def affine_looped(bias, weight, chol, cls, v, z):
     """Batched form for CPU: a loop over windows reading its class's matrices in place (no copies);
-    2–5× faster than :func:`affine_gathered` there, but one kernel launch per window on a GPU."""
+    faster than :func:`affine_gathered` there from 5×5 windows up (1.3–6× at 5×5, 7–28× at 10×10 on
+    2 loaded cores; slower at 2×2: ``benchmarks/bench_affine.py``), but one kernel launch per window
+    on a GPU."""
     return jax.lax.map(lambda a: _affine_one(bias, weight, chol, *a), (cls, v, z))
 
 

@@ -93,22 +93,3 @@ def _env_int(name: str) -> int:
     except ValueError:
         raise ValueError(f"{name}: expected an integer, got {value!r}") from None
 
-
-def run_evaluation(out_dir: Any, dataset: Any, classifier: Any, config: Any, sampler: Any,
-                   **run_kwargs: Any) -> dict | None:
-    """The evaluation runner on every process of a ``jax.distributed`` run, then one merge.
-
-    Each process first checks that all were started with the same configuration, evaluates its
-    share (``index % count``), waits for the others, and process 0 merges and writes the summary
-    (returning its paths; other processes return None). A process that dies leaves its finished
-    images on disk; re-running the same command resumes. With one process it is the plain runner.
-    """
-    from .classifiers import as_classifier
-    from .evaluate import runner
-
-    proc = current()
-    check_same_config(runner.config_record(config, as_classifier(classifier), sampler))
-    ids = runner.run(out_dir, dataset, classifier, config, sampler, process_index=proc.index,
-                     process_count=proc.count, summarize=False, **run_kwargs)
-    barrier("undesirable_jax.evaluate.finished")
-    return runner.merge(out_dir, ids) if proc.index == 0 else None

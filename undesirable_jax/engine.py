@@ -9,7 +9,7 @@ of images plus the accumulators, whatever the number of windows. Each pair's ran
 ``fold_in(fold_in(key, w), s)``, so results do not depend on the chunk size or devices.
 
 The second moments give each window's standard error of its mean probability at no extra forward
-pass; :func:`undesirable_jax.evidence.evidence_se` turns them into ``Explanation.evidence_se``.
+pass; :func:`undesirable_jax.evidence.pixel_evidence` turns them into ``Explanation.evidence_se``.
 ``num_samples=(min, max)`` with ``target_se`` samples adaptively: every window gets ``min`` samples,
 then the windows whose weight of evidence is still less precise than ``target_se`` get more (doubling,
 up to ``max``), round after round, through the same jitted step. A round is a list of windows and a
@@ -31,8 +31,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from . import checks
-from .classifiers import Classifier, as_classifier, check_probs, valid_probs
-from .evidence import pixel_se, weight_of_evidence, weight_of_evidence_se
+from .classifiers import Classifier, as_classifier, check_probs, rank_classes, valid_probs
+from .evidence import pixel_evidence, weight_of_evidence_se
 from .samplers import Sampler
 from .windows import WindowGrid
 
@@ -147,7 +147,7 @@ def explain(
         counts[active] += m
         if m == 0 or target_se is None:
             break
-        top = jnp.lexsort((run.rows, -run.p0))[:1]
+        top = rank_classes(run.p0, run.rows)[:1]
         se = np.asarray(run.window_stats(acc, counts, top)[2][:, 0])
         active = active[(counts[active] < hi) & ~(se[active] <= target_se)]
     return run.explanation(acc, counts, stride=stride, num_samples=hi)
@@ -313,9 +313,8 @@ def _maps(mean, se, p0, grid, laplace_n, num_classes):
     ny, nx = grid.shape
     window_probs = mean.T.reshape(r, ny, nx)
     window_se = se.T.reshape(r, ny, nx)
-    we = weight_of_evidence(p0[:, None, None], window_probs, laplace_n, num_classes)
-    we_se = weight_of_evidence_se(window_probs, window_se, laplace_n, num_classes)
-    return window_probs, window_se, grid.to_pixels(we), pixel_se(grid, we_se)
+    evidence, evidence_se = pixel_evidence(grid, p0[:, None, None], window_probs, laplace_n, num_classes, window_se)
+    return window_probs, window_se, evidence, evidence_se
 
 
 @jax.jit

@@ -73,3 +73,17 @@ def pixel_se(grid, window_se: jnp.ndarray) -> jnp.ndarray:
     any_row = jnp.any(missing.reshape((-1,) + missing.shape[-2:]), axis=0)
     touched = grid.to_pixels(any_row.astype(var.dtype)) > 0
     return jnp.where(touched, jnp.nan, jnp.sqrt(var / cover))
+
+
+def pixel_evidence(grid, p: jnp.ndarray, p_removed: jnp.ndarray, n: float, num_classes: int,
+                   se_removed: jnp.ndarray | None = None) -> tuple[jnp.ndarray, jnp.ndarray | None]:
+    """Per-pixel evidence ``[..., H, W]`` from window probabilities ``[..., nY, nX]`` (and its standard
+    error when ``se_removed`` is given, else None): each window's WE, averaged over the covering windows.
+
+    The one path from windows to pixels: the engine's R_c and the factors' decoupled R_q (on
+    q = p(c)/(1 − p(t)), with ``num_classes`` − 1 classes) both go through it.
+    """
+    evidence = grid.to_pixels(weight_of_evidence(p, p_removed, n, num_classes))
+    if se_removed is None:
+        return evidence, None
+    return evidence, pixel_se(grid, weight_of_evidence_se(p_removed, se_removed, n, num_classes))

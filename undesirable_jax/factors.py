@@ -40,8 +40,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from .classifiers import rank_classes
 from .engine import Explanation
-from .evidence import non_target_distribution, pixel_se, weight_of_evidence, weight_of_evidence_se
+from .evidence import non_target_distribution, pixel_evidence
 from .windows import WindowGrid
 
 _TINY = float(np.finfo(np.float32).tiny)
@@ -129,9 +130,8 @@ def _factors_jit(evidence, probs, classes, window_probs, target, se, *, top_k, d
 def _factors_one(evidence, probs, classes, window_probs, target, se, *, top_k: int, decouple: bool,
                  grid: WindowGrid, num_classes: int, laplace_n: float, z: float | None):
     """The factors of one explanation: plain arrays in, the fields of :class:`Factors` out."""
-    # Rank rows by p descending, class id ascending (lexsort: the last key is the primary one).
     if target is None:
-        t_row = jnp.lexsort((classes, -probs))[0]
+        t_row = rank_classes(probs, classes)[0]
         found = jnp.bool_(True)
     else:
         hits = classes == target
@@ -139,7 +139,7 @@ def _factors_one(evidence, probs, classes, window_probs, target, se, *, top_k: i
         found = jnp.any(hits)
     is_t = jnp.arange(probs.shape[0]) == t_row
     rank_p = jnp.where(is_t, -jnp.inf, probs)
-    rows = jnp.lexsort((classes, -rank_p))[:top_k]
+    rows = rank_classes(rank_p, classes)[:top_k]
 
     p_t = probs[t_row]
     p_c = probs[rows]
@@ -158,12 +158,11 @@ def _factors_one(evidence, probs, classes, window_probs, target, se, *, top_k: i
             q_full = non_target_distribution(p_c, p_t)
             q_win = non_target_distribution(window_probs[rows], window_probs[t_row][None])
         q_full = q_full[:, None, None]
-        r_q = grid.to_pixels(weight_of_evidence(q_full, q_win, laplace_n, num_classes - 1))
+        se_q = None if z is None else ((se[1][rows] + q_win * se[1][t_row][None])
+                                       / jnp.maximum(1.0 - window_probs[t_row], _TINY)[None])
+        r_q, se_r = pixel_evidence(grid, q_full, q_win, laplace_n, num_classes - 1, se_q)
         u_c = jnp.maximum(0.0, r_q)
         if z is not None:
-            rest = jnp.maximum(1.0 - window_probs[t_row], _TINY)[None]
-            se_q = (se[1][rows] + q_win * se[1][t_row][None]) / rest
-            se_r = pixel_se(grid, weight_of_evidence_se(q_win, se_q, laplace_n, num_classes - 1))
             u_c = jnp.where(r_q > z * se_r, u_c, 0.0)
     else:
         u_c = jnp.maximum(0.0, evidence[rows])

@@ -15,7 +15,9 @@ two methods.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+import os
+from pathlib import Path
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -161,3 +163,32 @@ def blur_matrix(n: int, sigma: float) -> np.ndarray:
 
 
 from .conditional import ConditionalGaussian, conditional_gaussian, load_conditional_gaussian, save_conditional_gaussian  # noqa: E402
+
+#: The sampler names :func:`from_name` knows.
+SAMPLER_NAMES = ("blur", "constant", "marginal", "conditional")
+
+
+def from_name(name: str, *, pool: Callable[[], Any] | None = None, window: int | None = None,
+              key: jax.Array | None = None, blur_sigma: float = 8.0, fill_value: float = 0.0,
+              sampler_file: str | os.PathLike | None = None) -> Sampler:
+    """The sampler called ``name`` (one of :data:`SAMPLER_NAMES`) with its settings.
+
+    ``pool()`` gives preprocessed images ``[M, H, W, C]``; it is called only by the samplers that need
+    images (marginal, conditional without ``sampler_file``), since reading them is the slow part.
+    ``window`` and ``key`` are the conditional sampler's fit window and key.
+    """
+    if name not in SAMPLER_NAMES:
+        raise ValueError(f"sampler: unknown sampler {name!r}; use one of {', '.join(SAMPLER_NAMES)}")
+    if sampler_file is not None and name != "conditional":
+        raise ValueError("--sampler-file: only used with --sampler conditional")
+    if name == "blur":
+        return blur(blur_sigma)
+    if name == "constant":
+        return constant(fill_value)
+    if name == "conditional" and sampler_file is not None:
+        if not Path(sampler_file).is_file():
+            raise ValueError(f"--sampler-file: no file at {str(sampler_file)!r}; check the path")
+        return load_conditional_gaussian(sampler_file, window=window)
+    if pool is None:
+        raise ValueError(f"pool: the {name} sampler needs pool images; pass pool=lambda: images")
+    return marginal(pool()) if name == "marginal" else conditional_gaussian(pool(), window=window, key=key)

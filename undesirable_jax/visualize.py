@@ -24,6 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from . import checks
+from .classifiers import rank_classes
 from .engine import Explanation, explain
 from .factors import Factors, factors as compute_factors
 from .io import atomic_path
@@ -200,7 +201,7 @@ def evidence_figure(explanation: Explanation, class_ids: Sequence[int] | None = 
     probs = np.asarray(explanation.probs)
     classes = np.asarray(explanation.classes)
     if class_ids is None:
-        order = np.lexsort((classes, -probs))  # p descending, lower id first on ties
+        order = rank_classes(probs, classes)
         class_ids = classes[order[: min(3, classes.size)]].tolist()
     rows = [explanation.row(int(c)) for c in class_ids]
     n = len(rows) + (image is not None)

@@ -18,7 +18,7 @@ from . import checks
 
 def positions(length: int, window: int, stride: int) -> np.ndarray:
     """Top-left corners along one axis of ``length`` pixels: ``0, s, 2s, …`` and ``length − window``."""
-    _check_window(length, window, stride)
+    checks.window(window, stride, (length, length))
     pos = list(range(0, length - window + 1, stride))
     if pos[-1] != length - window:
         pos.append(length - window)
@@ -41,8 +41,7 @@ class WindowGrid:
     stride: int
 
     def __post_init__(self):
-        _check_window(self.height, self.window, self.stride, axis="height")
-        _check_window(self.width, self.window, self.stride, axis="width")
+        checks.window(self.window, self.stride, (self.height, self.width))
 
     @property
     def ys(self) -> np.ndarray:
@@ -89,17 +88,3 @@ class WindowGrid:
         y, x = self.ys[iy], self.xs[ix]
         m[y:y + self.window, x:x + self.window] = True
         return m
-
-
-def _check_window(length: int, window: int, stride: int, axis: str = "length") -> None:
-    checks.positive_int("window", window, maximum=None)
-    checks.positive_int("stride", stride, maximum=None)
-    if window > length:
-        raise ValueError(
-            f"window={window} is larger than the image {axis} {length}: pick window <= {length}"
-        )
-    if stride > window:
-        raise ValueError(
-            f"stride={stride} is larger than window={window}: pixels between windows would get no "
-            f"evidence; pick stride <= window"
-        )

@@ -302,14 +302,16 @@ class TfdsSource(_Sequence):
     def __len__(self) -> int:
         return len(self.source)
 
+    @property
+    def ids(self) -> tuple[str, ...]:
+        """``<name>/<split>/<position>``: known without decoding a record (a split's order is fixed)."""
+        return tuple(f"{self.name}/{self.split}/{i}" for i in range(len(self)))
+
     def __getitem__(self, index: int) -> Example:
         i = self._check_index(index)
         record = self.source[i]
-        fname = record.get("file_name")
-        if isinstance(fname, bytes):
-            fname = fname.decode("utf-8")
-        ident = f"{self.name}/{self.split}/{fname}" if fname else f"{self.name}/{self.split}/{i}"
-        return Example(id=ident, image=np.asarray(record[self.image_key]), label=int(record[self.label_key]))
+        return Example(id=f"{self.name}/{self.split}/{i}", image=np.asarray(record[self.image_key]),
+                       label=int(record[self.label_key]))
 
 
 def tfds_source(name: str, split: str, data_dir: str | os.PathLike | None = None, *,

@@ -140,6 +140,13 @@ class Preprocessor:
         return Preprocessed(image=x.astype(np.float32), original_shape=(H, W), resized_shape=(Hr, Wr),
                             crop_box=(top, left, h, w))
 
+    def display(self, image: np.ndarray) -> np.ndarray:
+        """The raw ``uint8`` pixels resized and cropped like the model input, not normalised: what a
+        figure shows under a heatmap of the model input."""
+        c = len(self.mean)
+        plain = dataclasses.replace(self, mean=(0.0,) * c, std=(1.0,) * c)
+        return plain(image).image.clip(0, 255).astype(np.uint8)
+
 
 #: EfficientNet-Lite (TF-Lite convention): short side 256 bicubic, centre crop 224, (x - 127) / 128.
 EFFICIENTNET_LITE = Preprocessor(size=(224, 224), resize=256, mean=(127.0,) * 3, std=(128.0,) * 3,

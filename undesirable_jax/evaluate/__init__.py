@@ -12,10 +12,11 @@
 - :mod:`.sanity`: Adebayo et al.'s cascading parameter randomisation and random-logit checks.
 - :mod:`.paste`: a pasted object patch as ground truth on real photographs (pointing game, mass share).
 - :mod:`.runner`: per-image result files, resume, process split, merge.
+- :mod:`.orchestrate`: one run in one process, in processes started by hand, or under ``jax.distributed``.
 - :mod:`.summary`: means with 95 % intervals, paired comparisons, sanity table, the removal-gain plot.
 """
 
-from . import baselines, keys, methods, metrics, paste, ranking, removal, road, runner, sanity, stats, summary
+from . import baselines, keys, methods, metrics, orchestrate, paste, ranking, removal, road, runner, sanity, stats, summary
 from .baselines import gradient_input, occlusion, random_maps, rise, rise_masks, signed_maps
 from .methods import BUILDERS, SignedMaps
 from .metrics import DEFAULT_PERCENTS, MapMetrics, MethodMaps, evaluate_maps
@@ -27,6 +28,6 @@ from .runner import METHODS, EvalConfig, evaluate_image, merge, run
 __all__ = [
     "BUILDERS", "DEFAULT_PERCENTS", "EvalConfig", "METHODS", "MapMetrics", "MethodMaps", "PERTURBATIONS",
     "Perturbation", "SignedMaps", "baselines", "evaluate_image", "evaluate_maps", "fill_image", "gradient_input",
-    "keys", "merge", "methods", "metrics", "occlusion", "paste", "random_maps", "rank_pixels", "ranking", "ranks", "removal", "rise", "rise_masks",
+    "keys", "merge", "methods", "metrics", "orchestrate", "occlusion", "paste", "random_maps", "rank_pixels", "ranking", "ranks", "removal", "rise", "rise_masks",
     "road", "road_impute", "run", "runner", "sanity", "signed_maps", "stats", "summary", "top_masks",
 ]

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import checks
 
 
 def road_impute(image: Any, removed: Any, key: jax.Array, *, noise: float = 0.01, tol: float = 1e-6,
@@ -52,8 +53,7 @@ def road_impute(image: Any, removed: Any, key: jax.Array, *, noise: float = 0.01
         raise ValueError(f"tol: expected a float in (0, 1), got {tol!r}")
     h, w = removed.shape
     maxiter = h * w if maxiter is None else maxiter
-    if isinstance(maxiter, bool) or not isinstance(maxiter, (int, np.integer)) or maxiter < 1:
-        raise ValueError(f"maxiter: expected an int >= 1, got {maxiter!r}")
+    checks.positive_int("maxiter", maxiter, maximum=None)
     return _road_impute(image.astype(jnp.float32), removed, key, jnp.float32(noise), tol=float(tol),
                         maxiter=int(maxiter))
 

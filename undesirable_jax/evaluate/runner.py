@@ -31,8 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from .. import io
-from ..classifiers import Classifier, as_classifier
+from .. import checks, io
+from ..classifiers import Classifier, as_classifier, rank_classes
 from ..samplers import Sampler
 from . import rundir, summary
 from .keys import part_keys, stream_key
@@ -83,13 +83,9 @@ class EvalConfig:
     def __post_init__(self):
         for name in ("window", "stride", "num_samples", "curve_steps", "top_k", "rise_masks", "rise_cells",
                      "scoring_draws", "num_seeds"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
+            checks.positive_int(name, getattr(self, name), maximum=None)
         for name in ("seed", "sanity_images"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-                raise ValueError(f"{name}: expected an int >= 0, got {v!r}")
+            checks.integer(name, getattr(self, name), minimum=0)
         methods = tuple(self.methods)
         unknown = [m for m in methods if m not in METHODS]
         if not methods or unknown or len(set(methods)) != len(methods):
@@ -220,7 +216,7 @@ def evaluate_image(classifier: Any, image: Any, label: int, config: EvalConfig, 
         raise ValueError(f"label: {label} is outside the classifier's classes [0, {k})")
     t = int(label)
     others = np.where(np.arange(k) == t, -np.inf, probs)
-    c = int(np.lexsort((np.arange(k), -others))[0])            # p descending, id ascending
+    c = int(rank_classes(others)[0])
     ctx = BuildContext(clf, img, t, c, config, sampler, chunk_size, batch_size, mesh)
     skipped = {m: usable(m, classifier) for m in config.methods if usable(m, classifier)}
     names = [m for m in config.methods if m not in skipped]
@@ -319,19 +315,7 @@ def run(out_dir: str | Path, dataset: Iterable[Any], classifier: Any, config: Ev
 
     with rundir.RunLock(out_dir, process_index, process_count):   # one process per share of the work
         try:
-            if known is not None:      # random access: load only this process's unfinished images
-                ids = known
-                for index in range(process_index, len(ids), process_count):
-                    work(index, ids[index], lambda i=index: dataset[i])
-            else:                      # a plain iterable: every process walks it to learn all ids
-                ids, seen = [], set()
-                for index, ex in enumerate(dataset):
-                    if ex.id in seen:
-                        raise ValueError(f"dataset: image id {ex.id!r} occurs twice; ids must be unique")
-                    seen.add(ex.id)
-                    ids.append(ex.id)
-                    if index % process_count == process_index:
-                        work(index, ex.id, lambda e=ex: e)
+            ids = _walk_share(dataset, known, process_index, process_count, work)
         finally:
             bar.close()
     if summarize and process_count == 1:
@@ -339,12 +323,33 @@ def run(out_dir: str | Path, dataset: Iterable[Any], classifier: Any, config: Ev
     return ids
 
 
+def _walk_share(dataset: Any, known: list[str] | None, process_index: int, process_count: int,
+                work: Callable[[int, str, Callable[[], Any]], None]) -> list[str]:
+    """Calls ``work(index, id, load)`` for this process's images; returns every id of the set, in order.
+
+    With ``known`` ids and random access only this process's images are loaded; a plain iterable is
+    walked whole by every process, to learn all ids.
+    """
+    if known is not None:
+        for index in range(process_index, len(known), process_count):
+            work(index, known[index], lambda i=index: dataset[i])
+        return known
+    ids, seen = [], set()
+    for index, ex in enumerate(dataset):
+        if ex.id in seen:
+            raise ValueError(f"dataset: image id {ex.id!r} occurs twice; ids must be unique")
+        seen.add(ex.id)
+        ids.append(ex.id)
+        if index % process_count == process_index:
+            work(index, ex.id, lambda e=ex: e)
+    return ids
+
+
 def _check_run_args(config: Any, process_index: Any, process_count: Any) -> None:
     if not isinstance(config, EvalConfig):
         raise TypeError(f"config: expected an EvalConfig, got {type(config).__name__}")
-    for name, v in (("process_count", process_count), ("process_index", process_index)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise TypeError(f"{name}: expected an int, got {type(v).__name__} {v!r}")
+    checks.integer("process_count", process_count)
+    checks.integer("process_index", process_index)
     if process_count < 1 or not 0 <= process_index < process_count:
         raise ValueError(f"process_index, process_count: need 0 <= process_index < process_count, got "
                          f"{process_index} and {process_count}")

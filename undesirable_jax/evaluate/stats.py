@@ -26,6 +26,8 @@ import jax
 import numpy as np
 import scipy.stats
 
+from .. import checks
+
 CONFIDENCE_EDGES = (0.9, 0.999)
 
 
@@ -72,8 +74,7 @@ def paired_bootstrap_ci(diffs: Any, key_or_seed: Any, n_boot: int = 10_000,
     ``(1 − level)/2`` and ``(1 + level)/2`` quantiles of the resampled means.
     """
     d = _diffs(diffs)
-    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-        raise ValueError(f"n_boot: expected an int >= 1, got {n_boot!r}")
+    checks.positive_int("n_boot", n_boot, maximum=None)
     if not 0.0 < level < 1.0:
         raise ValueError(f"level: expected a probability in (0, 1), got {level!r}")
     rng = _rng(key_or_seed)

@@ -8,9 +8,10 @@
 
 from . import checkpoints, efficientnet, resnet, small_cnn
 from .registry import MODEL_NAMES, LoadedModel, check_model, load
+from .external import ExternalOptions, resolve
 from .checkpoints import UnsafeWeightsError, load_state_dict, read_checkpoint, save_safetensors
 
 __all__ = [
-    "LoadedModel", "MODEL_NAMES", "UnsafeWeightsError", "check_model", "checkpoints", "efficientnet", "load", "load_state_dict",
-    "read_checkpoint", "resnet", "save_safetensors", "small_cnn",
+    "ExternalOptions", "LoadedModel", "MODEL_NAMES", "UnsafeWeightsError", "check_model", "checkpoints", "efficientnet", "load", "load_state_dict",
+    "read_checkpoint", "resnet", "resolve", "save_safetensors", "small_cnn",
 ]

@@ -93,6 +93,35 @@ def load_external(spec: str, weights: str | os.PathLike | None, options: Externa
                        input_shape=prep.input_shape, preprocess=prep, weights=source)
 
 
+def resolve(spec: str, weights: str | os.PathLike | None = None,
+            external: ExternalOptions | None = None) -> LoadedModel:
+    """Any ``--model`` → a checked :class:`LoadedModel`: a built-in name, ``MODULE:FUNCTION`` (called as
+    ``function()`` or ``function(weights)``), an ONNX file or ``torch:MODULE:FUNCTION``.
+
+    ``external``: the preprocessing and class-name options, only for the last two.
+    """
+    from .registry import MODEL_NAMES, check_model, load
+
+    if weights is not None and not Path(weights).is_file():
+        raise ValueError(f"--weights: no file at {str(weights)!r}; check the path")
+    options = external if external is not None else ExternalOptions()
+    if is_external(spec):
+        return load_external(spec, weights, options)
+    if options.given():
+        raise ValueError(f"--{options.given()[0].replace('_', '-')}: only for --model *.onnx or torch:MODULE:FUNCTION")
+    if ":" not in spec:
+        if spec not in MODEL_NAMES:
+            raise ValueError(f"--model: unknown model {spec!r}; use one of {', '.join(MODEL_NAMES)} "
+                             "or MODULE:FUNCTION for your own")
+        return load(spec, weights=weights)
+    fn = import_function(spec)
+    loaded = fn() if weights is None else fn(weights)
+    if not isinstance(loaded, LoadedModel):
+        raise ValueError(f"--model: {spec}() returned {type(loaded).__name__}, expected an "
+                         "undesirable_jax.models.LoadedModel (classifier, class names, input shape, preprocess)")
+    return check_model(loaded)
+
+
 def class_names(path: str | os.PathLike | None, k: int) -> tuple[str, ...]:
     """Names from ``path`` (one per line, exactly K), else ImageNet's for K = 1000, else ``class_i``."""
     if path is None:

@@ -34,6 +34,8 @@ from .windows import WindowGrid
 
 #: Forward passes of one image at the original PDA defaults: 224², window 10, stride 1, S = 10.
 PDA_DEFAULT_PASSES = (224 - 10 + 1) ** 2 * 10
+#: The largest |Δp| between the engine and hand-built perturbed images that passes the check.
+CHECK_TOLERANCE = 1e-4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +74,24 @@ class Throughput:
     def pda_default_seconds(self) -> float:
         """Projected seconds for one image at PDA defaults (462 250 passes) at the engine rate."""
         return PDA_DEFAULT_PASSES / self.engine_rate
+
+    @property
+    def ok(self) -> bool:
+        """Whether the engine agreed with the hand-built perturbed images (max |Δp| <= 1e-4)."""
+        return self.check_error <= CHECK_TOLERANCE
+
+    def rows(self) -> list[tuple[str, str]]:
+        """The measurement as (label, value) rows of a table."""
+        return [("pairs per explain", f"{self.pairs}"), ("chunk", f"{self.chunk}"),
+                ("check vs hand-built (max |Δp|)", f"{self.check_error:.1e} ({'ok' if self.ok else 'FAIL'})"),
+                ("raw classifier img/s", f"{self.raw_rate:,.0f}"), ("engine img/s", f"{self.engine_rate:,.0f}"),
+                ("engine / raw (wall)", f"{self.ratio_wall:.3f}"), ("engine / raw (CPU time)", f"{self.ratio_cpu:.3f}"),
+                ("PDA-default s/image (462 250 passes)", f"{self.pda_default_seconds:,.1f}")]
+
+    def record(self) -> dict[str, Any]:
+        """The fields and the derived rates, as one JSON-ready dict."""
+        return dataclasses.asdict(self) | {"raw_rate": self.raw_rate, "engine_rate": self.engine_rate,
+                                           "ratio_wall": self.ratio_wall, "ratio_cpu": self.ratio_cpu}
 
 
 def block(x: Any) -> Any:
