@@ -1,6 +1,6 @@
-"""Shared helpers for the benchmark scripts: timing, a small CNN, markdown tables, RESULTS.md entries.
+"""Shared helpers for the benchmark scripts: timing, a small CNN, markdown tables, HISTORY.md entries.
 
-Every script prints its table and (unless ``--no-append``) appends it to ``benchmarks/RESULTS.md``
+Every script prints its table and (unless ``--no-append``) appends it to ``benchmarks/HISTORY.md``
 with the date, machine, device, library versions and the exact command line.
 """
 
@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+HISTORY = Path(__file__).resolve().parent / "HISTORY.md"
 PDA_PASSES = (224 - 10 + 1) ** 2 * 10  # 462 250: 224², window 10, stride 1, S = 10
 TORCH_HINT = ("torch and captum are optional benchmark dependencies; install the CPU build with\n"
               "  .venv/bin/pip install torch==2.13.0 captum==0.9.0\n"
@@ -214,8 +214,8 @@ def command_line() -> str:
 
 
 def append_results(title: str, body: str, *, extra_versions: Sequence[str] = (), notes: str = "",
-                   path: Path = RESULTS) -> None:
-    """Append one entry (metadata + ``body``) to RESULTS.md (append-only, under a file lock)."""
+                   path: Path = HISTORY) -> None:
+    """Append one entry (metadata + ``body``) to HISTORY.md (append-only, under a file lock)."""
     when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     entry = [f"\n## {title}\n",
              f"- date: {when}",
@@ -233,10 +233,10 @@ def append_results(title: str, body: str, *, extra_versions: Sequence[str] = (),
 
 
 def report(title: str, body: str, *, append: bool, extra_versions: Sequence[str] = (), notes: str = "") -> None:
-    """Print ``body`` (and notes); append to RESULTS.md when ``append``."""
+    """Print ``body`` (and notes); append to HISTORY.md when ``append``."""
     print(f"\n### {title}\n\n{body}\n")
     if notes:
         print(notes)
     if append:
         append_results(title, body, extra_versions=extra_versions, notes=notes)
-        print(f"(appended to {RESULTS})")
+        print(f"(appended to {HISTORY})")

@@ -131,7 +131,7 @@ def main() -> None:
     p.add_argument("--marginal", type=int, default=0, metavar="S",
                    help="digits/LFW: marginal fill from 32 train images with S samples instead of the blur fill")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
+    p.add_argument("--no-append", action="store_true", help="print only; do not append to HISTORY.md")
     args = p.parse_args()
     key = jax.random.key(args.seed)
     for name in args.models:   # one table per model, so a long model does not hold back the others

@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--windows", type=int, nargs="+", default=[2, 5, 10])
     ap.add_argument("--chunk", type=int, default=256, help="windows per call (the engine's chunk)")
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--append", action="store_true", help="append the table to RESULTS.md")
+    ap.add_argument("--append", action="store_true", help="append the table to HISTORY.md")
     args = ap.parse_args()
     rows = [case(w, args.chunk, args.rounds) for w in args.windows]
     body = table(["window", "windows/call", "classes", "gathered ms", "looped ms", "gathered ÷ looped",

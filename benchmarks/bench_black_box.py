@@ -15,9 +15,9 @@ to 1e-5. Speed: Captum's wall time for one target class ÷ ours for all 1000 cla
 
 Rounds are interleaved and the best of each kept (the machine is shared). ``--device``: where torch
 runs (auto: cuda when available); on a GPU JAX must run there too for the DLPack hand-over.
-``--smoke``: the same code paths at tiny sizes, no RESULTS.md entry.
+``--smoke``: the same code paths at tiny sizes, no HISTORY.md entry.
 
-    .venv/bin/python benchmarks/bench_black_box.py               # CPU, appends to RESULTS.md
+    .venv/bin/python benchmarks/bench_black_box.py               # CPU, appends to HISTORY.md
     .venv/bin/python benchmarks/bench_black_box.py --smoke        # a quick check
     .venv/bin/python benchmarks/bench_black_box.py --device cuda  # on a GPU machine
 """
@@ -199,7 +199,7 @@ def captum_rows(args, torch, captum_attr, device) -> list[list[Any]]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", help="torch device: auto (cuda when available), cpu or cuda")
-    p.add_argument("--smoke", action="store_true", help="tiny sizes, one round, no RESULTS.md entry")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, one round, no HISTORY.md entry")
     p.add_argument("--parts", nargs="+", default=["overhead", "captum"], help="overhead and/or captum")
     p.add_argument("--size", type=int, default=224, help="ResNet-18 input side")
     p.add_argument("--window", type=int, default=16)

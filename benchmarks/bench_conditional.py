@@ -43,7 +43,7 @@ import numpy as np
 import undesirable_jax as uj
 from undesirable_jax import engine
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+HISTORY = Path(__file__).resolve().parent / "HISTORY.md"
 
 
 def small_cnn(num_classes: int):
@@ -185,8 +185,8 @@ def machine() -> str:
 
 
 def append_results(text: str) -> None:
-    """Append one section to RESULTS.md (locked, so concurrent benchmark scripts do not interleave)."""
-    with open(RESULTS, "a", encoding="utf-8") as f:
+    """Append one section to HISTORY.md (locked, so concurrent benchmark scripts do not interleave)."""
+    with open(HISTORY, "a", encoding="utf-8") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         f.write(text)
         f.flush()
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stride", type=int, default=2, help="explain's window stride (default 2)")
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
+    p.add_argument("--no-append", action="store_true", help="print only; do not append to HISTORY.md")
     args = p.parse_args(argv)
     cases = [tuple(int(v) for v in c.split(":")) for c in args.cases.split(",")]
     load0 = os.getloadavg()[0]

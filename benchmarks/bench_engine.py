@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> list[list[Any]]:
     p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (best kept)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--profile", action="store_true", help="also time engine-step variants")
-    p.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
+    p.add_argument("--no-append", action="store_true", help="print only; do not append to HISTORY.md")
     args = p.parse_args(argv)
 
     rows = [bench_one(args, m, d, s) for m in args.models for d in args.dtypes for s in args.samplers]

@@ -60,7 +60,7 @@ def main() -> None:
                         help="input sizes (default: 224 112 for ImageNet models, the native size otherwise)")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-append", action="store_true", help="print only, do not append to RESULTS.md")
+    parser.add_argument("--no-append", action="store_true", help="print only, do not append to HISTORY.md")
     args = parser.parse_args()
     key = jax.random.key(0)
     rows = []

@@ -1,7 +1,7 @@
 """Our metric (after Kang et al.) on the shipped digits CNN: every held-out digit plus noisy, blurred and
 occluded copies (``digits+corrupt``: 1440 images, 20-40 % errors on the copies), PDA against every baseline.
 
-    .venv/bin/python benchmarks/eval_digits.py            # appends the tables to benchmarks/RESULTS.md
+    .venv/bin/python benchmarks/eval_digits.py            # appends the tables to benchmarks/HISTORY.md
     .venv/bin/python benchmarks/eval_lfw.py               # the same on lfw+corrupt (this script, --set lfw)
 
 The held-out split is ``data.digits("test")`` (every fifth digit, never trained on); the corruption

@@ -1,6 +1,6 @@
 """Our metric (after Kang et al.) on the shipped lfw CNN over ``lfw+corrupt``: ``eval_digits.py --set lfw``.
 
-    .venv/bin/python benchmarks/eval_lfw.py            # appends the tables to benchmarks/RESULTS.md
+    .venv/bin/python benchmarks/eval_lfw.py            # appends the tables to benchmarks/HISTORY.md
 """
 
 import sys

@@ -1,7 +1,7 @@
 """Our metric (after Kang et al.) on EfficientNet-Lite0 (ImageNet weights) over the offline natural images,
 U_t (PDA) against every baseline.
 
-    .venv/bin/python benchmarks/eval_natural.py            # appends the tables to benchmarks/RESULTS.md
+    .venv/bin/python benchmarks/eval_natural.py            # appends the tables to benchmarks/HISTORY.md
 
 The images (``data.SAMPLE_IMAGES``: chelsea, coffee, astronaut, rocket, china, flower, grace_hopper) carry
 no ImageNet label, so the target t of each is the model's own top-1 class: every image counts as

@@ -1,6 +1,6 @@
 """Ground truth on real photographs: a pasted espresso cup, and whether each method's map finds it.
 
-    nice -n 5 .venv/bin/python benchmarks/eval_pasted.py            # appends the tables to RESULTS.md
+    nice -n 5 .venv/bin/python benchmarks/eval_pasted.py            # appends the tables to HISTORY.md
 
 The object patch is a fixed, hand-chosen box around the cup in scikit-image's ``coffee`` photograph
 (rows 15–310, columns 165–420: cup, handle and spoon, with some saucer and table), which

@@ -30,7 +30,7 @@ Then a summary against the targets: engine ≥ 0.9× raw with every sampler; str
 ≤ 30 s on an H100 (≤ 20 s on an H200); ≥ 5× Captum Occlusion's pass rate; ≥ 3× the plain loop;
 peak memory flat within 10 %. Everything goes to ``--out`` (results.json, results.md, the evaluation's
 summary), rewritten after every part so a killed run keeps what it finished. ``--append`` also appends
-results.md to benchmarks/RESULTS.md.
+results.md to benchmarks/HISTORY.md.
 
 ResNet-50 weights: random (final layer scaled so the softmax is not one-hot) unless torchvision's
 ResNet-50 ImageNet file is already in the torch hub cache; the tables say which.
@@ -696,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "gpu_all", help="output folder")
     p.add_argument("--budget", type=float, default=None, help=f"seconds for all parts (default {BUDGET_S}; smoke 1800)")
     p.add_argument("--only", nargs="+", choices=list(PARTS), default=None, help="run only these parts (in plan order)")
-    p.add_argument("--append", action="store_true", help="also append results.md to benchmarks/RESULTS.md")
+    p.add_argument("--append", action="store_true", help="also append results.md to benchmarks/HISTORY.md")
     p.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--stride", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--samples", type=int, default=1, help=argparse.SUPPRESS)
