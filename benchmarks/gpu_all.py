@@ -553,17 +553,24 @@ def part_efficientnet(run: Run) -> tuple[list, list, str]:
                            f"stride 1, S={run.s.samples}, constant fill.")
 
 
+def run_fresh(run: Run, cmd: list[str], what: str) -> tuple[str, float]:
+    """Run ``cmd`` in a fresh process without JAX's preallocation (within the time left): its stdout and
+    wall seconds; a failure raises with the end of its stderr."""
+    env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=max(30.0, run.left()))
+    secs = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"{what} failed ({' '.join(cmd[2:])}):\n{p.stderr[-2000:]}")
+    return p.stdout, secs
+
+
 def part_evaluate(run: Run) -> tuple[list, list, str]:
     """``undesirable-jax evaluate`` end to end in a fresh process (compiles included)."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "undesirable_jax", "evaluate", *run.s.eval_args, "--out", f"{tmp}/eval",
                "--no-progress"]
-        env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
-        t0 = time.perf_counter()
-        p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=max(30.0, run.left()))
-        secs = time.perf_counter() - t0
-        if p.returncode != 0:
-            raise RuntimeError(f"evaluate failed ({' '.join(cmd[3:])}):\n{p.stderr[-2000:]}")
+        _, secs = run_fresh(run, cmd, "evaluate")
         summary = Path(tmp, "eval", "summary.md").read_text()
         n = len(list(Path(tmp, "eval", "results").glob("*.json")))
     uj_io.write_text(run.out / "eval_summary.md", summary)
@@ -578,13 +585,8 @@ def part_black_box(run: Run) -> tuple[list, list, str]:
     argv = ["--smoke"] if run.smoke else ["--device", "cuda", "--chunk", "256", "--small-chunk", "1024",
                                           "--rounds", "3", "--no-append"]
     cmd = [sys.executable, str(Path(__file__).with_name("bench_black_box.py")), *argv]
-    env = {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=max(30.0, run.left()))
-    secs = time.perf_counter() - t0
-    if p.returncode != 0:
-        raise RuntimeError(f"bench_black_box failed ({' '.join(argv)}):\n{p.stderr[-2000:]}")
-    return ["arguments", "wall s"], [[" ".join(argv), secs]], "Its output:\n\n" + p.stdout[-6000:]
+    out, secs = run_fresh(run, cmd, "bench_black_box")
+    return ["arguments", "wall s"], [[" ".join(argv), secs]], "Its output:\n\n" + out[-6000:]
 
 
 PARTS: dict[str, Callable[[Run], tuple[list, list, str]]] = {

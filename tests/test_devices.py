@@ -42,8 +42,8 @@ SCRIPT = textwrap.dedent("""
     out["2x2"] = float(jnp.max(jnp.abs(two_axes.evidence - single.evidence)))
     from undesirable_jax.evaluate import EvalConfig, evaluate_image
     cfg = EvalConfig(model="linear", window=3, stride=2, num_samples=2, methods=("pda", "occlusion"),
-                     percents=(10.0,), curve_steps=2)
-    kw = dict(config=cfg, sampler=samplers.marginal(pool), key=jax.random.key(5), chunk_size=8)
+                     percents=(10.0,), curve_steps=2, seed=5, num_seeds=2, scoring_draws=2)
+    kw = dict(config=cfg, sampler=samplers.marginal(pool), image_id="img/0", chunk_size=8)
     r1 = evaluate_image(clf, img, 1, **kw)
     r4 = evaluate_image(clf, img, 1, mesh="local", **kw)
     flat = lambda r: np.concatenate([np.ravel(np.asarray(v, float)) for _, v in sorted(

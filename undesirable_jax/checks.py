@@ -130,7 +130,7 @@ def window(window: int, stride: int, shape: Sequence[int], names: tuple[str, str
     positive_int(names[1], stride, maximum=None)
     h, w = int(shape[0]), int(shape[1])
     if window > min(h, w):
-        raise ValueError(f"{names[0]}: {window} is larger than the image {h}×{w}; pick {names[0]} <= {min(h, w)}")
+        raise ValueError(f"{names[0]}={window} is larger than the image {h}×{w}; pick {names[0]} <= {min(h, w)}")
     if stride > window:
-        raise ValueError(f"{names[1]}: {stride} is larger than {names[0]} {window}; pixels between windows would "
-                         f"get no evidence; pick {names[1]} <= {window}")
+        raise ValueError(f"{names[1]}={stride} is larger than {names[0]}={window}: pixels between windows would "
+                         f"get no evidence; pick {names[1]} <= {names[0]} ({window})")
