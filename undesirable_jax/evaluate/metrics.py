@@ -39,7 +39,8 @@ from flax import struct
 from .. import checks
 from ..classifiers import Classifier, as_classifier
 from ..evidence import laplace, log_odds
-from .removal import mixture_probs, perturbed_probs, pixel_counts, positions, ranks
+from .ranking import pixel_ranks, rank_pixels
+from .removal import mixture_probs, perturbed_probs, pixel_counts, ranks
 
 DEFAULT_PERCENTS = (1.0, 5.0, 10.0, 20.0)
 
@@ -209,14 +210,12 @@ def rankings(maps: dict, key: jax.Array) -> dict[str, dict[str, jnp.ndarray]]:
 @jax.jit
 def _method_places(against: jnp.ndarray, competitors: tuple, key: jax.Array) -> list[jnp.ndarray]:
     """Places of ``against``, each competitor map (``competitors[0]`` is U_c) and their union."""
-    from .ranking import rank_pixels
-
-    places = [positions(rank_pixels(against, jax.random.fold_in(key, 0)))]
-    places += [positions(rank_pixels(c, jax.random.fold_in(key, r))) for r, c in enumerate(competitors, start=1)]
+    places = [pixel_ranks(rank_pixels(against, jax.random.fold_in(key, 0)))]
+    places += [pixel_ranks(rank_pixels(c, jax.random.fold_in(key, r))) for r, c in enumerate(competitors, start=1)]
     size = places[0].shape[0]
     pct_t, pct_c = (1.0 - p.astype(jnp.float32) / max(size - 1, 1) for p in places[:2])
     union = jnp.maximum(pct_t, pct_c).reshape(against.shape)
-    return places + [positions(rank_pixels(union, jax.random.fold_in(key, len(competitors) + 1)))]
+    return places + [pixel_ranks(rank_pixels(union, jax.random.fold_in(key, len(competitors) + 1)))]
 
 
 def _bits(p: jnp.ndarray, laplace_n: float, num_classes: int) -> np.ndarray:

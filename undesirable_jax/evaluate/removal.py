@@ -166,17 +166,12 @@ class Perturbation:
         return f"{self.kind}({setting})"
 
 
-def positions(order: jnp.ndarray) -> jnp.ndarray:
-    """The inverse of a pixel order ``[..., P]`` (flat pixel ids, first removed first): each pixel's place."""
-    return jnp.argsort(order, axis=-1).astype(jnp.int32)
-
-
 @functools.partial(jax.jit, static_argnames=("perturbation", "batch_size"))
 def perturbed_probs(classifier: Classifier, image: jnp.ndarray, places: jnp.ndarray, counts: jnp.ndarray,
                     keys: jax.Array, *, perturbation: Perturbation, batch_size: int) -> jnp.ndarray:
     """Class probabilities of ``image [H, W, C]`` with the first ``counts[f]`` pixels of each ranking removed.
 
-    ``places [J, H·W]``: each pixel's place in ranking j (:func:`positions`); pixel i is removed when
+    ``places [J, H·W]``: each pixel's place in ranking j (:func:`~undesirable_jax.evaluate.ranking.pixel_ranks`); pixel i is removed when
     ``places[j, i] < counts[f]``. ``keys [D]``: one perturbation draw each, shared by every ranking and
     count (common random numbers for paired comparisons). Returns ``[J, F, K]``, the mean over the D draws.
     """
