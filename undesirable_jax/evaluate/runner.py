@@ -218,7 +218,8 @@ def evaluate_image(classifier: Any, image: Any, label: int, config: EvalConfig, 
     others = np.where(np.arange(k) == t, -np.inf, probs)
     c = int(rank_classes(others)[0])
     ctx = BuildContext(clf, img, t, c, config, sampler, chunk_size, batch_size, mesh)
-    skipped = {m: usable(m, classifier) for m in config.methods if usable(m, classifier)}
+    reasons = {m: usable(m, clf) for m in config.methods}
+    skipped = {m: why for m, why in reasons.items() if why is not None}
     names = [m for m in config.methods if m not in skipped]
     seeds = [score_maps(ctx, build_maps(ctx, names, stream_key(config.seed, "build", image_id, r)), t, image_id, r)
              for r in range(config.num_seeds)]
