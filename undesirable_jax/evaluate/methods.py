@@ -108,6 +108,10 @@ BUILDERS: dict[str, Callable[[BuildContext, jax.Array], SignedMaps]] = {
 
 NEEDS_GRADIENTS = ("gradient_input",)
 
+CONTROLS: tuple[str, ...] = ()
+"""The model-free controls among :data:`BUILDERS` (maps computed from the image alone): every method's
+summary row reports its margin over the best of them."""
+
 
 def usable(name: str, classifier: Any) -> str | None:
     """None when ``name`` can run on ``classifier``, else the reason it is skipped."""
