@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..checks import BadFileError
-from .datasets import CORRUPTIONS, Example, corrupted, digits, image_folder, lfw, tfds_source
+from .datasets import CORRUPTIONS, PLAIN_GROUP, Example, corrupted, digits, image_folder, lfw, tfds_source
 from .images import SAMPLE_IMAGES, load_image, sample_image
 
 #: The data set specs :func:`from_spec` knows (PATH and NAME stand for a folder and a tfds name).
@@ -41,11 +41,14 @@ def resolve_image(spec: str, name: str = "image") -> tuple[np.ndarray, str]:
 
 
 class Subset:
-    """The first ``limit`` examples of a data set (all when None), with the set's ``ids`` and indexing."""
+    """The first ``limit`` examples of a data set (all when None), with the set's ``ids``, ``clusters``,
+    ``groups`` (own id and ``"all"`` for a set without them) and indexing."""
 
     def __init__(self, dataset: Any, limit: int | None = None):
         self.dataset, self.n = dataset, len(dataset) if limit is None else min(limit, len(dataset))
         self.ids = tuple(dataset.ids[:self.n])
+        self.clusters = tuple(getattr(dataset, "clusters", self.ids)[:self.n])
+        self.groups = tuple(getattr(dataset, "groups", (PLAIN_GROUP,) * self.n)[:self.n])
         self.class_names = tuple(getattr(dataset, "class_names", ()))
 
     def __len__(self) -> int:
