@@ -78,8 +78,10 @@ def test_uninterrupted_run_writes_one_result_per_image_and_a_summary(reference):
     assert len(r["seeds"]) == 2 and all(set(s) == set(ev.METHODS) for s in r["seeds"])
     pda = r["seeds"][0]["pda"]
     assert len(pda["removal_gain"]) == 2 and len(pda["curve_morf"]) == 5 and len(pda["lerf_gain"]) == 2
-    assert set(pda["corrected"]) == {"ut", "uc", "uc_plain", "union"} and set(r["seeds"][0]["rise"]["corrected"]) == {
-        "ut", "uc", "union"}
+    assert set(pda["corrected"]) == {"ut", "signed", "uc", "uc_plain", "union"}
+    assert set(r["seeds"][0]["rise"]["corrected"]) == {"ut", "signed", "uc", "union"}
+    assert len(pda["ut_gain"]) == 2 and len(pda["ut_curve"]) == 5 and len(pda["ut_within"]) == 2
+    assert pda["ut_within"] == [round(q / 100 * H * W) <= pda["positive"] for q in CONFIG.percents]
     assert r["seeds"][0]["random"]["own_gain"] is None and len(pda["own_gain"]) == 2
     stored = json.loads((out / "config.json").read_text())
     assert stored["window"] == 2 and stored["version"] == uj.__version__ and stored["sampler"].startswith("Marginal(")

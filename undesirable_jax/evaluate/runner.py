@@ -38,6 +38,7 @@ from . import rundir, summary
 from .keys import part_keys, stream_key
 from .methods import BUILDERS, BuildContext, SignedMaps, usable
 from .metrics import DEFAULT_PERCENTS, image_probs, rankings, score_own, score_rankings
+from .ranking import positive_count
 from .removal import Perturbation, fill_image
 
 METHODS = tuple(BUILDERS)
@@ -182,13 +183,13 @@ def score_maps(ctx: BuildContext, maps: dict[str, SignedMaps], label: int, image
     cfg = ctx.config
     places = rankings(maps, stream_key(cfg.seed, "rank", image_id, repeat))
     score = stream_key(cfg.seed, "score", image_id, repeat)
+    positives = {name: int(positive_count(m.against)) for name, m in maps.items()}   # |U_t|, ranking.py's rule
     common = score_rankings(ctx.classifier, ctx.image, places, ctx.target, ctx.competitor, label, cfg.percents,
                             cfg.curve_steps, cfg.scoring(), part_keys(jax.random.fold_in(score, 0), cfg.scoring_draws),
-                            laplace_n=cfg.laplace_n, batch_size=ctx.batch_size)
+                            positives=positives, laplace_n=cfg.laplace_n, batch_size=ctx.batch_size)
     own_keys = part_keys(jax.random.fold_in(score, 1), cfg.scoring_draws)
     for name, m in maps.items():
         rec = common[name]
-        rec["positive"] = int(jnp.sum(m.against > 0))
         rec["own_gain"] = None if m.own is None else score_own(
             ctx.classifier, ctx.image, places[name]["ut"], own_fills(m.own, ctx, own_keys), ctx.target,
             cfg.percents, batch_size=ctx.batch_size).tolist()
