@@ -322,3 +322,19 @@ def test_run_folder_is_locked_per_share_and_damaged_files_are_named(tmp_path):
     victim.write_text("{}")
     with pytest.raises(BadFileError, match=f"(?s){victim.name}.*lacks.*--resume"):
         runner.run(out, images, toy, CONFIG, SAMPLER, progress=False)
+
+
+def test_sanity_images_are_spread_over_groups_and_clusters_and_agree_everywhere():
+    ds = uj.data.corrupted(uj.data.digits("test"), uj.data.CORRUPTIONS["digits"])
+    picked = runner.sanity_ids(ds.ids, ds.clusters, ds.groups, 20, seed=0)
+    assert len(picked) == 20
+    where = {i: k for k, i in enumerate(ds.ids)}
+    groups = [ds.groups[where[i]] for i in picked]
+    assert {g: groups.count(g) for g in set(groups)} == {"clean": 5, "noise": 5, "blur": 5, "occlusion": 5}
+    assert len({ds.clusters[where[i]] for i in picked}) == 20                 # one image per source digit
+    assert picked == runner.sanity_ids(list(ds.ids), list(ds.clusters), list(ds.groups), 20, seed=0)
+    assert picked != runner.sanity_ids(ds.ids, ds.clusters, ds.groups, 20, seed=1)
+    # more picks than clusters: each cluster gives a second image only once every cluster gave one
+    small = runner.sanity_ids(["a1", "a2", "b1", "b2", "c1"], ["a", "a", "b", "b", "c"], ["x"] * 5, 4, seed=0)
+    assert len(small) == 4 and {i[0] for i in small} == {"a", "b", "c"}
+    assert runner.sanity_ids(["a"], ["a"], ["x"], 5, seed=0) == {"a"}
