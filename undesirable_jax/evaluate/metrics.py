@@ -20,10 +20,13 @@ Everything is one jitted call, vectorised over images, methods and thresholds (:
 for maps and fills given by the caller).
 
 The runner scores with the second half of this module instead: :func:`rankings` orders every pixel of
-each method's signed map (ties broken at random by key, so the order continues past U_t > 0),
-:func:`score_rankings` removes pixels with a scoring perturbation drawn from keys the maps were not
-built with (undesirable-first and least-undesirable-first, correction and margin suppression for U_t,
-U_c and their rank-normalised union), and :func:`score_own` scores U_t under a method's own fills.
+each method's signed map (ties broken at random by key, values within the tolerance of 0 counted as 0:
+:mod:`.ranking`), and :func:`score_rankings` removes pixels with a scoring perturbation drawn from
+keys the maps were not built with, scoring two things apart: **U_t on its own support** (its first
+|U_t| pixels, the curve over fractions of |U_t|; at q % beyond |U_t|, all of U_t) and **−R_t, the full
+signed order** (undesirable-first and least-undesirable-first over the whole image, the area between
+them); plus correction and margin suppression for U_t, the full order, U_c and their rank-normalised
+union. :func:`score_own` scores the full order under a method's own fills.
 """
 
 from __future__ import annotations
