@@ -233,7 +233,7 @@ def _split_kind(split: str) -> str:
 
 def _split_table(index: dict, metric: str, methods: Sequence[str], percents: Sequence[float],
                  split_names: Sequence[str], kind: str) -> list[str]:
-    qs = [""] if (metric, methods[0], "", "") in index else list(percents)
+    qs = [""] if any((metric, m, "", "") in index for m in methods) else list(percents)
     sel = [(s, m) for s in split_names if _split_kind(s) == kind for m in methods if (metric, m, qs[0], s) in index]
     if not sel:
         return []
