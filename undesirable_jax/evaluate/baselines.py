@@ -15,6 +15,11 @@ and the plain U_c of the factors.
   "removal" means the same thing as in the metrics.
 - :func:`gradient_input`: gradient × input for white-box (differentiable JAX) classifiers,
   ``R_c = Σ_channels ∂ log p(c|x)/∂x · (x − reference)`` (reference 0: plain gradient × input).
+- :func:`scoring_reference`: the reference matched to a scoring perturbation's fill, for
+  gradient × (x − r), :func:`integrated_gradients` and :func:`smoothgrad` (all of ``log p(c|x)``).
+- :func:`sobol`: Sobol attribution (Fel et al., NeurIPS 2021), signed total indices of each class's
+  weight of evidence over quasi-Monte-Carlo masks (:func:`sobol_design`, :func:`jansen_total`).
+- :func:`control_map`: model-free controls (−x, blurred −x, Sobel edges, distance from the centre).
 """
 
 from __future__ import annotations
