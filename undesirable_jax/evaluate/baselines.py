@@ -157,12 +157,7 @@ def gradient_input(classifier: Any, image: Any, classes: Any, *, reference: Any 
     if image.ndim != 3:
         raise ValueError(f"image: expected one image [H, W, C], got shape {image.shape}")
     classes = jnp.asarray(classes, jnp.int32).reshape(-1)
-    try:
-        return _gradient_input(clf, image, classes, jnp.asarray(reference, jnp.float32))
-    except (jax.errors.JAXTypeError, TypeError) as e:
-        raise TypeError(
-            "classifier: gradient_input needs a classifier JAX can differentiate (a Flax model or a pure "
-            f"jnp function); this one is not ({e}). Drop 'gradient_input' from the methods") from e
+    return _differentiate("gradient_input", _gradient_input, clf, image, classes, jnp.asarray(reference, jnp.float32))
 
 
 @jax.jit
