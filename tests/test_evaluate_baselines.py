@@ -233,7 +233,8 @@ def test_sobol_indices_of_a_two_class_linear_model_follow_the_closed_form():
     np.testing.assert_allclose(cells[1], -cells[0], atol=1e-3)      # class 1's log-odds is class 0's negated
     pixels = np.asarray(ev.baselines.sobol(two_class, IMAGE, fill, [0], jax.random.key(5), grid=3, designs=256,
                                            laplace_n=1e6))
-    assert pixels.shape == (1, 6, 6) and np.corrcoef(pixels[0].ravel(), np.kron(cells[0], np.ones((2, 2))).ravel())[0, 1] > 0.9
+    blocks = np.kron(cells[0], np.ones((2, 2)))                      # each cell's value on its 2×2 pixels
+    assert pixels.shape == (1, 6, 6) and np.corrcoef(pixels[0].ravel(), blocks.ravel())[0, 1] > 0.9
     with pytest.raises(ValueError, match="power of 2"):
         ev.baselines.sobol_cells(two_class, IMAGE, fill, [0], jax.random.key(0), grid=3, designs=12)
 
