@@ -91,3 +91,65 @@ def test_digits_maps_decorrelate_under_cascading_randomisation():
             finals[name].append(rows[-1].rho)
     for name, rhos in finals.items():
         assert np.mean(rhos) < 0.5, (name, rhos)
+
+
+def test_a_map_that_is_the_image_fails_by_abs_rho_ssim_and_the_image_test():
+    """A 'method' whose map is the image's grey intensity whatever the model: every randomisation stage
+    keeps ρ = |ρ| = SSIM = 1 against the trained map and |ρ| = 1 against the image, so it is flagged."""
+    clf = _toy()
+    image = np.random.default_rng(4).uniform(size=(2, 2, 3)).astype(np.float32)
+    rows = sanity.randomisation_rhos(lambda c: image.sum(-1), clf, jax.random.key(0), input_shape=(2, 2, 3),
+                                     image=image)
+    last = rows[-1]
+    assert len(rows) == 3 and last.layers == ("a_last", "z_first")
+    assert last.rho == pytest.approx(1.0) and last.abs_rho == pytest.approx(1.0) and last.ssim == pytest.approx(1.0)
+    assert last.rho_image == pytest.approx(1.0) and last.abs_rho_image == pytest.approx(1.0)
+    assert sanity.fails(last.abs_rho, last.ssim, last.abs_rho_image)
+    assert not sanity.fails(0.1, 0.2, 0.3) and not sanity.fails(float("nan"), 0.1, 0.1)
+
+
+def test_ssim_matches_a_direct_numpy_formula_and_ignores_scale_and_sign():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(9, 7)), rng.normal(size=(9, 7))
+    assert sanity.ssim(a, a) == pytest.approx(1.0) and sanity.ssim(a, -3.0 * a) == pytest.approx(1.0, abs=1e-6)
+    na, nb = np.abs(a) / np.abs(a).max(), np.abs(b) / np.abs(b).max()
+    blur = lambda x: np.asarray(uj.samplers.gaussian_blur(jnp.asarray(x[..., None], jnp.float32), 1.5))[..., 0]
+    ma, mb = blur(na), blur(nb)
+    va, vb, cov = blur(na * na) - ma ** 2, blur(nb * nb) - mb ** 2, blur(na * nb) - ma * mb
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    want = np.mean((2 * ma * mb + c1) * (2 * cov + c2) / ((ma ** 2 + mb ** 2 + c1) * (va + vb + c2)))
+    assert sanity.ssim(a, b) == pytest.approx(want, abs=1e-5) and sanity.ssim(a, b) < 0.5
+
+
+def test_compare_maps_reports_every_measure():
+    rng = np.random.default_rng(2)
+    ref, other = rng.normal(size=(5, 5)), rng.normal(size=(5, 5))
+    image = rng.uniform(size=(5, 5, 2))
+    got = sanity.compare_maps(ref, other, image)
+    assert set(got) == {"rho", "abs_rho", "ssim", "rho_image", "abs_rho_image"}
+    assert got["rho"] == pytest.approx(scipy.stats.spearmanr(ref.ravel(), other.ravel())[0], abs=1e-6)
+    abs_rho = scipy.stats.spearmanr(np.abs(ref).ravel(), np.abs(other).ravel())[0]
+    assert got["abs_rho"] == pytest.approx(abs_rho, abs=1e-6)
+    assert got["rho_image"] == pytest.approx(scipy.stats.spearmanr(image.sum(-1).ravel(), other.ravel())[0], abs=1e-6)
+    assert set(sanity.compare_maps(ref, other)) == {"rho", "abs_rho", "ssim"}
+
+
+def test_summary_sanity_table_splits_correct_and_misclassified_and_flags_failures():
+    from undesirable_jax.evaluate import summary
+
+    close = {"rho": 0.9, "abs_rho": 0.95, "ssim": 0.9, "rho_image": 0.8, "abs_rho_image": 0.9}
+    far = {"rho": 0.0, "abs_rho": 0.1, "ssim": 0.1, "rho_image": 0.0, "abs_rho_image": 0.2}
+    results = [{"label": 1, "prediction": p, "sanity": {
+        "image_map": {"trained": close, "randomise:top": close, "randomise:bottom": close},
+        "good": {"trained": close, "randomise:top": close, "randomise:bottom": dict(far, rho=0.1 * i)}}}
+        for i, p in enumerate([1, 1, 0])]
+    rows = summary.sanity_table(results)
+    row = {(r["method"], r["check"], r["group"]): r for r in rows}
+    assert row[("good", "randomise:bottom", "all")]["n"] == 3 and row[("good", "randomise:bottom", "correct")]["n"] == 2
+    assert row[("good", "randomise:bottom", "misclassified")]["rho"] == pytest.approx(0.2)
+    assert row[("good", "randomise:bottom", "correct")]["rho"] == pytest.approx(0.05)
+    assert row[("image_map", "randomise:bottom", "all")]["fails"] == "yes"
+    assert row[("good", "randomise:bottom", "all")]["fails"] == "no"
+    assert row[("good", "randomise:top", "all")]["fails"] == ""          # only the last stage decides
+    text = summary.sanity_markdown(rows)
+    assert "Methods that fail: image_map." in text and "≥ 0.5" in text

@@ -5,13 +5,15 @@
 - :mod:`.removal`: which pixels (ranks, top-q% masks) and what replaces them (sampler fills, and the
   scoring perturbations: ROAD imputation, a constant, blur).
 - :mod:`.metrics`: removal gain in both orders, correction, suppression, own-perturbation scores.
-- :mod:`.baselines`: random, occlusion, RISE (centred) and gradient × input maps.
+- :mod:`.baselines`: random, occlusion, RISE (centred), gradient × input, gradient × (x − r), integrated
+  gradients and SmoothGrad with a reference matched to the scoring fill, Sobol attribution, model-free controls.
 - :mod:`.road`: ROAD's noisy linear imputation (:func:`road_impute`), a removal that does not leak.
 - :mod:`.ranking`: pixel orders, descending by score, ties broken at random, values within a tolerance of 0
   counted as 0 (:func:`rank_pixels`, :func:`.ranking.positive_count`).
 - :mod:`.stats`: paired differences over source images (clusters): cluster bootstrap, Wilcoxon p, d_z, Holm
   over a declared family (:func:`.stats.paired`).
-- :mod:`.sanity`: Adebayo et al.'s cascading parameter randomisation and random-logit checks.
+- :mod:`.sanity`: Adebayo et al.'s cascading parameter randomisation (ρ, |ρ|, SSIM, the map against the
+  image) and random-logit checks.
 - :mod:`.paste`: a pasted object patch as ground truth on real photographs (pointing game, mass share).
 - :mod:`.runner`: per-image result files, resume, process split, merge.
 - :mod:`.orchestrate`: one run in one process, in processes started by hand, or under ``jax.distributed``.

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .. import checks
 from ..classifiers import as_classifier
 from ..engine import explain
 from ..factors import factors
@@ -102,15 +103,79 @@ def _random(ctx: BuildContext, key: jax.Array) -> SignedMaps:
     return SignedMaps(against=m.undesirable, competitors={"uc": m.competitor}, own=None)
 
 
+def _reference(ctx: BuildContext) -> jnp.ndarray:
+    """The reference matched to the run's scoring fill (:func:`.baselines.scoring_reference`)."""
+    return baselines.scoring_reference(ctx.image, ctx.config.scoring())
+
+
+def _gradient_ref(ctx: BuildContext, key: jax.Array) -> SignedMaps:
+    r = baselines.gradient_input(ctx.classifier, ctx.image, [ctx.target, ctx.competitor], reference=_reference(ctx))
+    return SignedMaps(against=-r[0], competitors={"uc": r[1]}, own=None)   # own = the scoring perturbation
+
+
+def _integrated_gradients(ctx: BuildContext, key: jax.Array) -> SignedMaps:
+    r = baselines.integrated_gradients(ctx.classifier, ctx.image, [ctx.target, ctx.competitor],
+                                       reference=_reference(ctx), steps=ctx.config.ig_steps)
+    return SignedMaps(against=-r[0], competitors={"uc": r[1]}, own=None)
+
+
+def _smoothgrad(ctx: BuildContext, key: jax.Array) -> SignedMaps:
+    cfg = ctx.config
+    r = baselines.smoothgrad(ctx.classifier, ctx.image, [ctx.target, ctx.competitor], key, reference=_reference(ctx),
+                             samples=cfg.smoothgrad_samples, sigma=cfg.smoothgrad_sigma)
+    return SignedMaps(against=-r[0], competitors={"uc": r[1]}, own=None)
+
+
+def _sobol(ctx: BuildContext, key: jax.Array) -> SignedMaps:
+    cfg = ctx.config
+    fill = fill_image(ctx.sampler, ctx.image, cfg.window, jax.random.fold_in(key, 1))   # as RISE
+    r = baselines.sobol(ctx.classifier, ctx.image, fill, [ctx.target, ctx.competitor], jax.random.fold_in(key, 0),
+                        grid=cfg.sobol_grid, designs=cfg.sobol_designs, batch_size=ctx.batch_size,
+                        laplace_n=cfg.laplace_n)
+    return SignedMaps(against=-r[0], competitors={"uc": r[1]}, own="sampler")
+
+
+def _control(name: str) -> Callable[[BuildContext, jax.Array], SignedMaps]:
+    """A model-free control's builder: ``against`` = the control map; its competitor map is the same map
+    (a map that ignores the classes says the same pixels speak against t and for c)."""
+    def build(ctx: BuildContext, key: jax.Array) -> SignedMaps:
+        m = baselines.control_map(name, ctx.image, sigma=ctx.config.control_sigma)
+        return SignedMaps(against=m, competitors={"uc": m}, own=None)
+
+    build.__name__ = f"_control_{name}"
+    return build
+
+
 BUILDERS: dict[str, Callable[[BuildContext, jax.Array], SignedMaps]] = {
-    "pda": _pda, "occlusion": _occlusion, "rise": _rise, "gradient_input": _gradient_input, "random": _random}
-"""The methods by name, in the order the runner reports them."""
+    "pda": _pda, "occlusion": _occlusion, "rise": _rise, "gradient_input": _gradient_input, "random": _random,
+    "gradient_ref": _gradient_ref, "integrated_gradients": _integrated_gradients, "smoothgrad": _smoothgrad,
+    "sobol": _sobol, **{name: _control(name) for name in baselines.CONTROLS}}
+"""The methods by name, in the order the runner reports them (new methods are appended: a method's build
+key is ``fold_in(key, its position)``, so appending keeps the earlier methods' maps).
 
-NEEDS_GRADIENTS = ("gradient_input",)
+``gradient_ref``, ``integrated_gradients``, ``smoothgrad``: gradient × (x − r), integrated gradients
+and SmoothGrad × (x − r) with the reference r matched to the scoring fill
+(:func:`.baselines.scoring_reference`: ROAD's neighbour mean, the constant, or the blurred image); they
+are scored under the common scoring perturbation only (``own`` None: it is their own).
+``sobol``: signed total Sobol indices over the run's sampler fills (:func:`.baselines.sobol`).
+The controls (:data:`CONTROLS`) ignore the classifier."""
 
-CONTROLS: tuple[str, ...] = ()
+NEEDS_GRADIENTS = ("gradient_input", "gradient_ref", "integrated_gradients", "smoothgrad")
+
+CONTROLS: tuple[str, ...] = baselines.CONTROLS
 """The model-free controls among :data:`BUILDERS` (maps computed from the image alone): every method's
 summary row reports its margin over the best of them."""
+
+
+def check_settings(config: Any) -> None:
+    """Validate the settings of the methods registered here (called by ``EvalConfig`` on creation)."""
+    for name in ("ig_steps", "smoothgrad_samples", "sobol_grid", "sobol_designs"):
+        checks.positive_int(name, getattr(config, name), maximum=None)
+    for name in ("smoothgrad_sigma", "control_sigma"):
+        checks.positive_number(name, getattr(config, name))
+    if config.sobol_designs & (config.sobol_designs - 1):
+        raise ValueError(f"sobol_designs: expected a power of 2 (a balanced Sobol sequence), got "
+                         f"{config.sobol_designs}")
 
 
 def usable(name: str, classifier: Any) -> str | None:

@@ -44,6 +44,7 @@ from ..samplers import Sampler
 from . import rundir, summary
 from .keys import part_keys, stream_key
 from .methods import BUILDERS, BuildContext, SignedMaps, usable
+from .methods import check_settings as check_methods
 from .metrics import DEFAULT_PERCENTS, image_probs, rankings, score_own, score_rankings
 from .ranking import positive_count
 from .removal import Perturbation, fill_image
@@ -64,6 +65,10 @@ class EvalConfig:
     every method's construction and scoring, each from its own keys. ``sanity_images``: images (spread
     over clusters and groups by :func:`sanity_ids`) that also get the parameter-randomisation and
     random-logit checks.
+    The methods' own settings (checked by :func:`.methods.check_settings`): ``ig_steps`` (integrated
+    gradients' trapezoid steps), ``smoothgrad_samples`` and ``smoothgrad_sigma`` (noise σ as a fraction
+    of the image's value range), ``sobol_grid`` (cells per side) and ``sobol_designs`` (a power of 2),
+    ``control_sigma`` (the blurred −x control's blur).
     """
 
     model: str
@@ -88,6 +93,12 @@ class EvalConfig:
     scoring_draws: int = 4
     num_seeds: int = 3
     sanity_images: int = 0
+    ig_steps: int = 32
+    smoothgrad_samples: int = 32
+    smoothgrad_sigma: float = 0.15
+    sobol_grid: int = 4
+    sobol_designs: int = 32
+    control_sigma: float = 1.0
 
     def __post_init__(self):
         for name in ("window", "stride", "num_samples", "curve_steps", "top_k", "rise_masks", "rise_cells",
@@ -105,6 +116,7 @@ class EvalConfig:
             raise ValueError(f"percents: expected percentages in (0, 100], got {self.percents!r}")
         object.__setattr__(self, "percents", pct)
         self.scoring()   # validates the perturbation's settings
+        check_methods(self)
 
     def scoring(self) -> Perturbation:
         """The common scoring perturbation of this configuration."""
@@ -281,37 +293,49 @@ def evaluate_image(classifier: Any, image: Any, label: int, config: EvalConfig, 
     return rec
 
 
-def sanity_record(ctx: BuildContext, names: Sequence[str], image_id: str) -> dict[str, dict[str, float]]:
-    """The sanity checks of one image: per method, Spearman ρ against the trained model's map.
+def sanity_record(ctx: BuildContext, names: Sequence[str], image_id: str) -> dict[str, dict[str, dict[str, float]]]:
+    """The sanity checks of one image: per method and check, :func:`.sanity.compare_maps`'s measures.
 
-    ``randomise:<layer>``: the ``against`` map (−R_t) after cascading parameter randomisation down to
-    ``<layer>``, top layer first (classifiers whose parameters are a pytree; none otherwise).
-    ``random_logit``: the competitor map for c against the same method's map for a random class other
-    than t and c, built with the same keys. Every map here is built from the ``sanity`` stream's keys.
+    ``trained``: the trained model's ``against`` map (−R_t) against itself and the image (the image
+    comparison is the reference for the stages). ``randomise:<layer>``: the ``against`` map after
+    cascading parameter randomisation down to ``<layer>``, top layer first, against the trained map and
+    the image (classifiers whose parameters are a pytree; none otherwise). ``random_logit``: the
+    competitor map for c against the same method's map for a random class other than t and c, built
+    with the same keys. Every map here is built from the ``sanity`` stream's keys.
     """
     from . import sanity
 
     key = stream_key(ctx.config.seed, "sanity", image_id)
     trained = build_maps(ctx, names, jax.random.fold_in(key, 0))
-    out: dict[str, dict[str, float]] = {n: {} for n in names}
+    out = {n: {"trained": sanity.compare_maps(trained[n].against, trained[n].against, ctx.image)} for n in names}
     if jax.tree.leaves(ctx.classifier.params):
         stages = sanity.cascading_randomisation(ctx.classifier, jax.random.fold_in(key, 1),
                                                 input_shape=ctx.image.shape)
         for done, clf in list(stages)[1:]:
             other = build_maps(dataclasses.replace(ctx, classifier=clf), names, jax.random.fold_in(key, 0))
             for n in names:
-                out[n][f"randomise:{done[-1]}"] = sanity.spearman_maps(trained[n].against, other[n].against)
-    probs = image_probs(ctx.classifier, ctx.image)
-    if probs.shape[0] > 2:                       # a class other than t and c exists
-        masked = probs.at[ctx.competitor].set(jnp.inf).at[ctx.target].set(-jnp.inf)
-        c2 = int(sanity.random_other_class(masked, jax.random.fold_in(key, 2)))   # never c (top), redrawn if t
-        k = 3
-        while c2 == ctx.target:
-            c2, k = int(sanity.random_other_class(masked, jax.random.fold_in(key, k))), k + 1
+                out[n][f"randomise:{done[-1]}"] = sanity.compare_maps(trained[n].against, other[n].against, ctx.image)
+    c2 = _random_logit_class(ctx, jax.random.fold_in(key, 2))
+    if c2 is not None:
         swapped = build_maps(dataclasses.replace(ctx, competitor=c2), names, jax.random.fold_in(key, 0))
         for n in names:
-            out[n]["random_logit"] = sanity.spearman_maps(trained[n].competitors["uc"], swapped[n].competitors["uc"])
+            out[n]["random_logit"] = sanity.compare_maps(trained[n].competitors["uc"], swapped[n].competitors["uc"])
     return out
+
+
+def _random_logit_class(ctx: BuildContext, key: jax.Array) -> int | None:
+    """A class drawn at random among those other than t and c (None when there is none)."""
+    from . import sanity
+
+    probs = image_probs(ctx.classifier, ctx.image)
+    if probs.shape[0] <= 2:
+        return None
+    masked = probs.at[ctx.competitor].set(jnp.inf).at[ctx.target].set(-jnp.inf)
+    c2 = int(sanity.random_other_class(masked, key))   # never c (top), redrawn if t
+    k = 1
+    while c2 == ctx.target:
+        c2, k = int(sanity.random_other_class(masked, jax.random.fold_in(key, k))), k + 1
+    return c2
 
 
 def run(out_dir: str | Path, dataset: Iterable[Any], classifier: Any, config: EvalConfig, sampler: Sampler, *,

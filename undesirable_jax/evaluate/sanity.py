@@ -6,6 +6,11 @@
   :func:`randomisation_rhos` compares each stage's map with the trained model's by Spearman's ρ.
 - *Random-logit check*: explain a class drawn at random among the non-top classes
   (:func:`random_other_class`); a map of U_c for that class should differ from the top class's.
+- *Measures* (:func:`compare_maps`): Spearman's ρ of the signed maps, ρ of their absolute values
+  (|ρ|; Adebayo et al. report both), and SSIM of the maps normalised to [0, 1] (:func:`ssim`); each
+  map is also compared with the image itself (grey intensity, the edge-detector test: a map that
+  still looks like the image once the model is random explains the image, not the model).
+  :func:`fails` flags a method whose fully randomised maps stay close (any measure ≥ :data:`FAIL_AT`).
 
 Layers are the parent paths of a parameter pytree's leaves (``params/Conv_0`` holds ``kernel`` and
 ``bias``). Their default order is the model's own: the position in the classifier's traced
@@ -17,6 +22,7 @@ such as a zero bias, stays at zero), keyed by the stage and the leaf's position 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Iterator, Sequence
 
 import jax
@@ -29,11 +35,25 @@ from ..classifiers import Classifier, as_classifier
 
 @dataclasses.dataclass(frozen=True)
 class SanityRow:
-    """Stage ``stage`` (0 = trained) with ``layers`` randomised so far (top first) and its ρ."""
+    """Stage ``stage`` (0 = trained) with ``layers`` randomised so far (top first) and its measures
+    against the trained model's map (``rho``, ``abs_rho``, ``ssim``) and, when an image was given,
+    against the image (``rho_image``, ``abs_rho_image``; NaN otherwise)."""
 
     stage: int
     layers: tuple[str, ...]
     rho: float
+    abs_rho: float = float("nan")
+    ssim: float = float("nan")
+    rho_image: float = float("nan")
+    abs_rho_image: float = float("nan")
+
+
+FAIL_AT = 0.5
+"""A method fails the randomisation check when, with every layer random, its mean |ρ| or SSIM against
+the trained model's map, or its mean |ρ| against the image, is at least this."""
+
+SSIM_SIGMA, SSIM_C1, SSIM_C2 = 1.5, 0.01 ** 2, 0.03 ** 2
+"""SSIM's Gaussian window (σ in pixels, mirrored borders) and constants (Wang et al. 2004, data range 1)."""
 
 
 def _path_name(path: Sequence[Any]) -> str:
@@ -157,20 +177,68 @@ def spearman_maps(a: Any, b: Any, *, absolute: bool = False) -> float:
     return float(_spearman(a.ravel(), b.ravel()))
 
 
+def normalise(m: Any) -> jnp.ndarray:
+    """``|m| / max |m|`` in [0, 1] (all zeros for an all-zero map)."""
+    a = jnp.abs(jnp.asarray(m, jnp.float32))
+    top = jnp.max(a)
+    return jnp.where(top > 0, a / jnp.where(top > 0, top, 1.0), 0.0)
+
+
+def ssim(a: Any, b: Any) -> float:
+    """Mean SSIM of two maps ``[H, W]`` after :func:`normalise` (window and constants: :data:`SSIM_SIGMA`).
+
+    ``(2μ_aμ_b + C1)(2σ_ab + C2) / ((μ_a² + μ_b² + C1)(σ_a² + σ_b² + C2))`` with local means, variances and
+    covariance from the Gaussian window, averaged over pixels; 1 for equal maps.
+    """
+    from ..samplers import gaussian_blur
+
+    a, b = normalise(a), normalise(b)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"a, b: expected two [H, W] maps of one shape, got {a.shape} and {b.shape}")
+
+    def mean(x):
+        return gaussian_blur(x[..., None], SSIM_SIGMA)[..., 0]
+
+    ma, mb = mean(a), mean(b)
+    va, vb, cov = mean(a * a) - ma * ma, mean(b * b) - mb * mb, mean(a * b) - ma * mb
+    s = ((2 * ma * mb + SSIM_C1) * (2 * cov + SSIM_C2)) / ((ma * ma + mb * mb + SSIM_C1) * (va + vb + SSIM_C2))
+    return float(jnp.mean(s))
+
+
+def compare_maps(reference: Any, other: Any, image: Any = None) -> dict[str, float]:
+    """``rho``, ``abs_rho``, ``ssim`` of ``other`` against ``reference`` (maps ``[H, W]``) and, with an
+    ``image`` ``[H, W, C]``, ``rho_image`` and ``abs_rho_image``: ``other`` against the image's grey
+    intensity (Σ over channels; |other| against it for the absolute one)."""
+    out = {"rho": spearman_maps(reference, other), "abs_rho": spearman_maps(reference, other, absolute=True),
+           "ssim": ssim(reference, other)}
+    if image is not None:
+        grey = jnp.sum(jnp.asarray(image, jnp.float32), axis=-1)
+        out["rho_image"] = spearman_maps(grey, other)
+        out["abs_rho_image"] = spearman_maps(jnp.abs(grey), other, absolute=True)
+    return out
+
+
+def fails(abs_rho: float, ssim_value: float, abs_rho_image: float) -> bool:
+    """True when a fully randomised model's maps stay close to the trained map or to the image
+    (any of the three at least :data:`FAIL_AT`; NaN counts as not close)."""
+    return any(v >= FAIL_AT for v in (abs_rho, ssim_value, abs_rho_image) if math.isfinite(v))
+
+
 def randomisation_rhos(make_map: Callable[[Classifier], Any], classifier: Any, key: jax.Array, *,
                        input_shape: Sequence[int] | None = None, layers: Sequence[str] | None = None,
-                       absolute: bool = False) -> list[SanityRow]:
-    """Spearman ρ of ``make_map(stage classifier)`` against ``make_map(trained)`` at every cascade stage.
+                       image: Any = None) -> list[SanityRow]:
+    """:func:`compare_maps` of ``make_map(stage classifier)`` against ``make_map(trained)`` at every stage.
 
     ``make_map`` must explain a fixed class (the trained model's choice), not each stage's own top
-    class; stage 0 compares the trained map with itself (ρ = 1 unless the map is constant).
+    class; stage 0 compares the trained map with itself (ρ = 1 unless the map is constant). ``image``:
+    also compare every stage's map with the image.
     """
     rows, reference = [], None
     for s, (done, clf) in enumerate(cascading_randomisation(classifier, key, input_shape=input_shape,
                                                             layers=layers)):
         m = np.asarray(make_map(clf))
         reference = m if reference is None else reference
-        rows.append(SanityRow(stage=s, layers=done, rho=spearman_maps(reference, m, absolute=absolute)))
+        rows.append(SanityRow(stage=s, layers=done, **compare_maps(reference, m, image)))
     return rows
 
 

@@ -543,29 +543,64 @@ def rows_csv(rows: Sequence[dict]) -> str:
     return buf.getvalue()
 
 
+SANITY_MEASURES = ("rho", "abs_rho", "ssim", "rho_image", "abs_rho_image")
+
+
 def sanity_table(results: Sequence[dict]) -> list[dict]:
-    """Mean Spearman ρ per method and check over the images that ran the sanity checks (with 95 % CI)."""
-    found: dict[tuple[str, str], list[float]] = {}
+    """Mean of each sanity measure per method × check, over the images that ran the checks, for all of
+    them and split into correctly classified and misclassified images (``group``).
+
+    ``fails`` (on the rows of each method's last ``randomise:`` stage, group ``all``): ``"yes"`` when
+    :func:`.sanity.fails` says the fully randomised maps stay close, else ``"no"``; empty elsewhere.
+    A stored float (results written before |ρ| and SSIM) counts as ``rho`` alone.
+    """
+    from . import sanity
+
+    found: dict[tuple[str, str, str], list[dict]] = {}
+    last: dict[str, str] = {}
     for r in results:
+        group = "correct" if r.get("prediction") == r.get("label") else "misclassified"
         for method, checks in (r.get("sanity") or {}).items():
-            for check, rho in checks.items():
-                found.setdefault((method, check), []).append(float(rho))
+            for check, v in checks.items():
+                v = v if isinstance(v, dict) else {"rho": v}
+                for g in ("all", group):
+                    found.setdefault((method, check, g), []).append(v)
+                if check.startswith("randomise:"):
+                    last[method] = check
     rows = []
-    for (method, check), vals in found.items():
-        m, lo, hi = mean_ci([v for v in vals if math.isfinite(v)])
-        rows.append(dict(method=method, check=check, n=len(vals), mean_rho=m, ci_low=lo, ci_high=hi))
+    for (method, check, group), vals in found.items():
+        row = dict(method=method, check=check, group=group, n=len(vals))
+        for m in SANITY_MEASURES:
+            xs = [float(v[m]) for v in vals if m in v and v[m] is not None and math.isfinite(float(v[m]))]
+            row[m] = float(np.mean(xs)) if xs else float("nan")
+        verdict = sanity.fails(row["abs_rho"], row["ssim"], row["abs_rho_image"])
+        row["fails"] = ("yes" if verdict else "no") if group == "all" and last.get(method) == check else ""
+        rows.append(row)
+    order = {"all": 0, "correct": 1, "misclassified": 2}
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    rows.sort(key=lambda r: (methods.index(r["method"]), order[r["group"]]))   # stable: checks keep their order
     return rows
 
 
 def sanity_markdown(rows: Sequence[dict]) -> str:
-    """The sanity-check table: Spearman ρ of each method's map against the trained model's own map."""
-    out = ["Sanity checks (Adebayo et al. 2018). `randomise:<layer>`: Spearman ρ between the map of the trained "
-           "model and of the model whose parameters from the top layer down to <layer> are re-drawn (cascading); "
-           "a map that explains the model should decorrelate (ρ → 0). `random_logit`: ρ between U_c for the "
-           "competitor and for a random other class; a class-specific map gives low ρ.", ""]
+    """The sanity-check table (:func:`sanity_table`) with what each column means and which methods fail."""
+    from .sanity import FAIL_AT
+
+    out = ["Sanity checks (Adebayo et al. 2018), means over the images that ran them. `trained`: the trained "
+           "model's map against itself and the image. `randomise:<layer>`: the map of the model whose parameters "
+           "from the top layer down to <layer> are re-drawn (cascading) against the trained model's map: signed "
+           "Spearman ρ, ρ of absolute values |ρ|, SSIM of the maps normalised to [0, 1] by max |value| "
+           "(Gaussian window σ 1.5 px, C1 = 0.01², C2 = 0.03²); ρ(img) and |ρ|(img): the same map against the "
+           "image's grey intensity (the edge-detector test). A map that explains the model decorrelates (→ 0). "
+           "`random_logit`: U_c for the competitor against U_c for a random other class; a class-specific map "
+           f"gives low values. **fails**: with every layer random, mean |ρ|, SSIM or |ρ|(img) ≥ {FAIL_AT:g}.", ""]
     if not rows:
         return "\n".join(out + ["No image ran the sanity checks (sanity_images = 0, or no parameter pytree)."]) + "\n"
-    out += ["| method | check | n | mean ρ [95% CI] |", "|---|---|---|---|"]
+    out += ["| method | check | images | n | ρ | abs ρ | SSIM | ρ(img) | abs ρ(img) | fails |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        out.append(f"| {r['method']} | {r['check']} | {r['n']} | {_cell(dict(r, mean=r['mean_rho']))} |")
+        cells = " | ".join("" if not math.isfinite(r[m]) else f"{r[m]:+.3f}" for m in SANITY_MEASURES)
+        out.append(f"| {r['method']} | {r['check']} | {r['group']} | {r['n']} | {cells} | {r['fails']} |")
+    failing = sorted({r["method"] for r in rows if r["fails"] == "yes"})
+    out += ["", f"Methods that fail: {', '.join(failing) if failing else 'none'}."]
     return "\n".join(out) + "\n"
