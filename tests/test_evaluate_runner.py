@@ -12,6 +12,7 @@ import undesirable_jax as uj
 from undesirable_jax import evaluate as ev
 from undesirable_jax.data import Example, image_folder
 from undesirable_jax.evaluate import runner, summary
+from undesirable_jax.evaluate.methods import CONTROLS
 
 H = W = 8
 K = 3
@@ -189,7 +190,9 @@ def test_summary_table_matches_the_results(reference):
     for split in ("| group=clean |", "| group=noise |", "| class=0 |", "| misclassified |" if wrong else "| correct |",
                   "3 clusters / 6 images"):
         assert split in md, split
-    assert "Holm family (m = 8)" in md and "- `area_between`: pda − occlusion" in md
+    m = len(summary.findings_family(json.loads((out / "config.json").read_text())))
+    assert m == 2 * ((len(ev.METHODS) - len(CONTROLS) - 1) + (len(ev.METHODS) - len(CONTROLS)))   # pda vs rest, rest vs best control
+    assert f"Holm family (m = {m})" in md and "- `area_between`: pda − occlusion" in md
     comp = list(csv.DictReader((out / "comparisons.csv").open()))
     pair = next(r for r in comp if r["metric"] == "removal_gain" and r["method"] == "pda" and r["versus"] == "random"
                 and float(r["q"]) == 25.0)
