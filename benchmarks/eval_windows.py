@@ -61,7 +61,7 @@ def table(results, names, percents):
     lines = ["| map | " + " | ".join(f"Δp(t) q = {q:g}%" for q in percents) + " | MoRF−LeRF area | "
              f"vs random, q = {percents[-1]:g}% (p Holm) |", "|---" * (len(percents) + 3) + "|"]
     cols = {n: np.array([summary.per_image(r, n, "removal_gain") for r in results]) for n in names}
-    rows = {row.a: row for row in stats.paired_table({n: cols[n][:, -1] for n in names})
+    rows = {row.a: row for row in stats.paired_table({n: cols[n][:, -1] for n in names}, family="all")
             if row.b == "random"}
     for n in names:
         cells = [summary._cell(dict(zip(("mean", "ci_low", "ci_high"), summary.mean_ci(cols[n][:, i]))))

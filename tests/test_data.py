@@ -143,6 +143,7 @@ def test_image_folder(tmp_path):
     assert [e.label for e in ds] == [0, 0, 0, 0, 1, 1]
     assert ds[0].id == "cat/0.png" and ds[3].id == "cat/sub/x.jpg" and ds[-1].id == "dog/1.png"
     assert ds[3].image.shape == (2, 2, 3)
+    assert ds.clusters == ds.ids and ds.groups == ("all",) * 6 and (ds[3].cluster, ds[3].group) == (ds.ids[3], "all")
     with pytest.raises(IndexError):
         ds[6]
     with pytest.raises(FileNotFoundError, match="not a directory"):
@@ -169,6 +170,7 @@ def test_tfds_source_with_mock_data(tmp_path):
         assert all(e.image.shape == (28, 28, 1) and e.image.dtype == np.uint8 for e in examples)
         assert all(0 <= e.label < 10 for e in examples)
         assert len({e.id for e in examples}) == 6 and examples[2].id == "mnist/test/2"
+        assert examples[2].cluster == ds.clusters[2] == "mnist/test/2" and ds.groups == ("all",) * 6
         net = data.tfds_source("imagenette", "validation", data_dir=tmp_path)
         assert len(net.class_names) == 10 and net[0].image.shape[-1] == 3
         with pytest.raises(ValueError, match="no feature 'img'"):
@@ -201,3 +203,22 @@ def test_corrupted_adds_one_reproducible_copy_per_kind_with_stable_ids():
     assert ds.images.dtype == np.uint8 and not np.array_equal(ds.images[n:2 * n], base.images)
     with pytest.raises(ValueError, match="levels"):
         data.corrupted(base, {"rain": 1.0})
+
+
+def test_every_example_carries_its_source_as_cluster_and_its_kind_as_group():
+    base = data.digits("test")
+    n = len(base)
+    assert base.clusters == base.ids and set(base.groups) == {"all"} and base[4].cluster == base.ids[4]
+    ds = data.corrupted(base, {"noise": 0.4, "blur": 1.2, "occlusion": 3})
+    for k, group in enumerate(("clean", "noise", "blur", "occlusion")):
+        ex = ds[k * n + 7]
+        assert (ex.cluster, ex.group) == (base.ids[7], group)
+        assert ds.clusters[k * n + 7] == base.ids[7] and ds.groups[k * n + 7] == group
+    assert len(set(ds.clusters)) == n
+    sub = data.Subset(ds, 5)
+    assert sub.clusters == ds.clusters[:5] and sub.groups == ("clean",) * 5
+    faces = data.corrupted(data.lfw("test"), data.CORRUPTIONS["lfw"])
+    assert faces[len(faces) - 1].cluster == data.lfw("test").ids[-1] and faces[len(faces) - 1].group == "occlusion"
+    assert data.Example(id="x", image=np.zeros((2, 2)), label=0).cluster == "x"
+    with pytest.raises(ValueError, match="clusters"):
+        data.ArraySet("s", np.zeros((2, 2, 2)), np.zeros(2), ("a", "b"), ("0",), clusters=("a",))

@@ -80,6 +80,8 @@ def test_spread_subset_takes_every_version_of_a_corrupted_set_evenly():
     versions = [i.split("+")[1][:5] if "+" in i else "clean" for i in spread.ids]
     assert versions == ["clean", "clean", "noise", "noise", "blur1", "blur1", "occlu", "occlu"]
     assert {i.split("+")[0] for i in spread.ids} == {evaluated.ids[0], evaluated.ids[180]}   # same two digits
+    assert len(set(spread.clusters)) == 2 and spread.clusters == tuple(evaluated.clusters[p] for p in spread.positions)
+    assert spread.groups == tuple(evaluated.groups[p] for p in spread.positions)
     assert data.Subset(evaluated, spread=10 * n).positions == tuple(range(n))
     with pytest.raises(ValueError, match="limit, spread"):
         data.Subset(evaluated, 3, spread=3)

@@ -10,6 +10,12 @@
   access, no TensorFlow); the data directory is checked first so a missing set fails at once
   instead of tfds retrying downloads for minutes.
 
+Every example carries a ``cluster`` (its source image: the unit of the evaluation's paired statistics,
+:mod:`undesirable_jax.evaluate.stats`) and a ``group`` (the split the summary reports): a corrupted
+copy's cluster is its source image's id and its group the corruption kind (``clean`` for the source
+itself); an image of a plain set is its own cluster, in group ``all``. Every set reports ``ids``,
+``clusters`` and ``groups`` without decoding an image.
+
 Held-out split of the two built-in sets (fixed, no randomness): example ``i`` is in ``"test"`` when
 ``i % 5 == 0`` and in ``"train"`` otherwise; ``"all"`` is every example. Images are ``uint8``:
 digits' 0..16 values become ``round(v * 255 / 16)``, lfw's floats in [0, 1] become ``round(x * 255)``.
@@ -35,11 +41,26 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 @dataclasses.dataclass(frozen=True, eq=False)  # holds arrays: compare by identity
 class Example:
-    """One labelled image: ``id`` is stable and unique within its set; ``image`` is raw pixels."""
+    """One labelled image: ``id`` is stable and unique within its set; ``image`` is raw pixels.
+
+    ``cluster``: the id of its source image (copies of one source share it; ``""`` means the image is
+    its own source and becomes ``id``); ``group``: the kind of image for the summary's splits
+    (:data:`PLAIN_GROUP` for plain sets, ``clean`` or the corruption kind for :func:`corrupted`).
+    """
 
     id: str
     image: np.ndarray
     label: int
+    cluster: str = ""
+    group: str = "all"
+
+    def __post_init__(self):
+        if not self.cluster:
+            object.__setattr__(self, "cluster", self.id)
+
+
+PLAIN_GROUP = "all"
+"""The group of every image of a set without corrupted copies."""
 
 
 class _Sequence:
@@ -66,20 +87,35 @@ class _Sequence:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class ArraySet(_Sequence):
-    """Examples held in memory: ``images [N, ...]``, ``labels [N]``, ``ids [N]``."""
+    """Examples held in memory: ``images [N, ...]``, ``labels [N]``, ``ids [N]``.
+
+    ``clusters``, ``groups`` ``[N]``: see the module docstring; None → each image its own cluster,
+    every group :data:`PLAIN_GROUP`.
+    """
 
     name: str
     images: np.ndarray
     labels: np.ndarray
     ids: tuple[str, ...]
     class_names: tuple[str, ...]
+    clusters: tuple[str, ...] | None = None
+    groups: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        n = len(self.ids)
+        object.__setattr__(self, "clusters", tuple(self.ids) if self.clusters is None else tuple(self.clusters))
+        object.__setattr__(self, "groups", (PLAIN_GROUP,) * n if self.groups is None else tuple(self.groups))
+        if len(self.clusters) != n or len(self.groups) != n:
+            raise ValueError(f"clusters, groups: expected one per image ({n}), got {len(self.clusters)} and "
+                             f"{len(self.groups)}")
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, index: int) -> Example:
         i = self._check_index(index)
-        return Example(id=self.ids[i], image=self.images[i], label=int(self.labels[i]))
+        return Example(id=self.ids[i], image=self.images[i], label=int(self.labels[i]), cluster=self.clusters[i],
+                       group=self.groups[i])
 
 
 def _split_indices(n: int, split: str) -> np.ndarray:
@@ -149,7 +185,8 @@ def corrupted(base: ArraySet, levels: dict[str, float], seed: int = 0) -> ArrayS
     """``base`` followed by one corrupted copy of each image per entry of ``levels`` (kind → level).
 
     Copy ids are ``<id>+<kind><level>`` and its randomness comes from ``(seed, kind, position)``, so
-    the set and its ids are the same on every call (runs resume by id).
+    the set and its ids are the same on every call (runs resume by id). Every copy's cluster is its
+    source's cluster; groups: ``clean`` for ``base``'s images, the corruption kind for the copies.
     """
     if not isinstance(base, ArraySet):
         raise TypeError(f"base: expected an ArraySet (digits, lfw), got {type(base).__name__}")
@@ -157,14 +194,16 @@ def corrupted(base: ArraySet, levels: dict[str, float], seed: int = 0) -> ArrayS
     if not levels or unknown:
         raise ValueError(f"levels: expected a non-empty dict with keys from {CORRUPTION_KINDS}, got {levels!r}")
     images, labels, ids = [base.images], [base.labels], list(base.ids)
+    clusters, groups = list(base.clusters) * (len(levels) + 1), ["clean"] * len(base.ids)
     for k, (kind, level) in enumerate(levels.items()):
         imgs = [corrupt(im, kind, level, np.random.default_rng([seed, CORRUPTION_KINDS.index(kind), i]))
                 for i, im in enumerate(base.images)]
         images.append(np.stack(imgs))
         labels.append(base.labels)
         ids += [f"{i}+{kind}{level:g}" for i in base.ids]
+        groups += [kind] * len(base.ids)
     return ArraySet(name=f"{base.name}+corrupt", images=np.concatenate(images), labels=np.concatenate(labels),
-                    ids=tuple(ids), class_names=base.class_names)
+                    ids=tuple(ids), class_names=base.class_names, clusters=tuple(clusters), groups=tuple(groups))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -174,7 +213,8 @@ class ImageFolder(_Sequence):
     A file that cannot be read stops the run with :class:`~undesirable_jax.checks.BadFileError`
     naming it (nothing is skipped silently): remove or replace it and resume.
 
-    ``ids`` (each path below ``root``) are known without decoding, so runners skip finished images.
+    ``ids`` (each path below ``root``) are known without decoding, so runners skip finished images;
+    each image is its own cluster, in group :data:`PLAIN_GROUP`.
     """
 
     root: Path
@@ -185,6 +225,15 @@ class ImageFolder(_Sequence):
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @property
+    def clusters(self) -> tuple[str, ...]:
+        """Each image is its own source: its id."""
+        return self.ids
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return (PLAIN_GROUP,) * len(self)
 
     def __getitem__(self, index: int) -> Example:
         from .images import load_image
@@ -306,6 +355,15 @@ class TfdsSource(_Sequence):
     def ids(self) -> tuple[str, ...]:
         """``<name>/<split>/<position>``: known without decoding a record (a split's order is fixed)."""
         return tuple(f"{self.name}/{self.split}/{i}" for i in range(len(self)))
+
+    @property
+    def clusters(self) -> tuple[str, ...]:
+        """Each image is its own source: its id."""
+        return self.ids
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return (PLAIN_GROUP,) * len(self)
 
     def __getitem__(self, index: int) -> Example:
         i = self._check_index(index)

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..checks import BadFileError
-from .datasets import CORRUPTIONS, Example, corrupted, digits, image_folder, lfw, tfds_source
+from .datasets import CORRUPTIONS, PLAIN_GROUP, Example, corrupted, digits, image_folder, lfw, tfds_source
 from .images import SAMPLE_IMAGES, load_image, sample_image
 
 #: The data set specs :func:`from_spec` knows (PATH and NAME stand for a folder and a tfds name).
@@ -41,7 +41,8 @@ def resolve_image(spec: str, name: str = "image") -> tuple[np.ndarray, str]:
 
 
 class Subset:
-    """Some examples of a data set, with the set's ``ids`` and indexing; no image is read to choose them.
+    """Some examples of a data set, with the set's ``ids``, ``clusters``, ``groups`` (own id and ``"all"``
+    for a set without them) and indexing; no image is read to choose them.
 
     ``limit``: the first ``limit`` examples (all when None). ``spread``: instead, ``spread`` examples at
     the evenly spaced positions ``⌊i · N / spread⌋``, i = 0 … spread − 1, of a set of N (all N when
@@ -61,7 +62,11 @@ class Subset:
             self.positions = tuple(i * size // n for i in range(n))
         self.dataset, self.n = dataset, len(self.positions)
         ids = dataset.ids
+        clusters = getattr(dataset, "clusters", ids)
+        groups = getattr(dataset, "groups", None)
         self.ids = tuple(ids[p] for p in self.positions)
+        self.clusters = tuple(clusters[p] for p in self.positions)
+        self.groups = tuple(PLAIN_GROUP if groups is None else groups[p] for p in self.positions)
         self.class_names = tuple(getattr(dataset, "class_names", ()))
 
     def __len__(self) -> int:

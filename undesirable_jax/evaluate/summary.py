@@ -255,8 +255,8 @@ def comparison_rows(results: Sequence[dict], config: dict) -> list[dict]:
         qs = [""] if next(iter(values.values())).ndim == 1 else config["percents"]
         for qi, q in enumerate(qs):
             cols = {m: (values[m] if q == "" else values[m][:, qi]) for m in order}
-            for row in stats.paired_table(cols, seed=int(config["seed"])):
-                rows.append(dict(metric=metric, q=q, method=row.a, versus=row.b, n=row.n, mean=row.mean,
+            for row in stats.paired_table(cols, seed=int(config["seed"]), family="all"):
+                rows.append(dict(metric=metric, q=q, method=row.a, versus=row.b, n=row.n_images, mean=row.mean,
                                  ci_low=row.ci_low, ci_high=row.ci_high, p=row.p, p_holm=row.p_holm))
     return rows
 
