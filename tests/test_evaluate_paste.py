@@ -152,9 +152,10 @@ def test_eval_pasted_cluster_table_on_a_tiny_run():
     assert all(c["moved"] and c["t"] == 0 and c["o"] == 1 for c in cands)
     names = ["occlusion", "random"]
     config = EvalConfig(model="tiny", window=2, stride=1, num_samples=1, methods=tuple(names))
-    scores, seconds = ep.run_cases(clf, cands, names, config, uj.samplers.constant(0.0), jax.random.key(1),
+    scores, seconds, per_case = ep.run_cases(clf, cands, names, config, uj.samplers.constant(0.0), jax.random.key(1),
                                    jax.random.key(2), progress=False)
-    assert set(seconds) == set(names) and (("occlusion", ep.AGAINST)) in scores
+    assert set(seconds) == set(names) and ("occlusion", ep.AGAINST) in scores and len(per_case) == len(cands)
+    assert "later cases median" in ep.timing_note(1.0, per_case, seconds)
     assert all(hit == 1.0 for hit, _ in scores[("occlusion", ep.AGAINST)])     # the patch is the top
     clusters = np.array([c["photo"] for c in cands])
     area = np.array([c["pasted"].mask.mean() for c in cands])
