@@ -10,7 +10,8 @@ Gaussian fitted on the training digits. Occlusion: the same windows filled with 
 RISE: 500 masks of 4×4 cells over sampler fills. With ``--set lfw``: ``lfw+corrupt`` (160 faces and
 non-faces), the lfw CNN, window 4, RISE cells 5, other settings alike. Scoring: ROAD (``--perturbation``) with 4 draws whose
 keys no method was built with, 3 seeds averaged per image; every method is also scored under its own
-construction perturbation. The first ``--sanity-images`` images run the sanity checks. The run resumes
+construction perturbation. ``--sanity-images`` images, spread over source digits and corruption types
+(:func:`undesirable_jax.evaluate.runner.sanity_ids`), run the sanity checks. The run resumes
 if interrupted; the wall time of a resumed run counts only the images it computed.
 """
 
@@ -81,7 +82,9 @@ def main() -> None:
     out = Path(args.out)
     results = ev.runner.load_results(out)
     cfg = json.loads((out / "config.json").read_text())
-    pda_rows = ev.summary.comparisons_markdown(ev.summary.comparison_rows(results, cfg), cfg, only="pda")
+    comp = ev.summary.comparison_rows(results, cfg)
+    family = ev.summary.family_lines(comp, ev.summary.findings_family(cfg))
+    pda_rows = ev.summary.comparisons_markdown(comp, cfg, only="pda", family=family)
     body = "\n".join([(out / "summary.md").read_text(), "Rows with PDA (all pairs: comparisons.md):\n",
                       pda_rows, (out / "sanity.md").read_text()])
     wrong = sum(1 for r in results if r["prediction"] != r["label"])

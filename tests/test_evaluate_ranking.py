@@ -81,3 +81,27 @@ def test_nan_is_refused_and_bad_shapes():
         rank_pixels(jnp.zeros(4), jax.random.key(0))
     with pytest.raises(TypeError, match="score"):
         rank_pixels(jnp.zeros((2, 2), bool), jax.random.key(0))
+
+
+def test_float_noise_around_zero_changes_neither_order_nor_positive_count():
+    """Two runs whose maps differ by 1e-7 noise: the same order and positive count (ZERO_TOLERANCE)."""
+    from undesirable_jax.evaluate.ranking import ZERO_TOLERANCE, positive_count, snap_zero
+
+    rng = np.random.default_rng(3)
+    one = np.zeros(64, np.float32)
+    one[:20] = rng.uniform(0.05, 1.0, 20)                  # 20 clearly positive pixels
+    one[20:34] = -rng.uniform(0.05, 1.0, 14)               # 14 clearly negative ones, 30 exact zeros
+    one = one[rng.permutation(64)].reshape(8, 8)
+    two = one + (1e-7 * rng.standard_normal((8, 8))).astype(np.float32)   # the same map, other rounding
+    assert int(np.sum(two > 0)) != int(np.sum(one > 0))   # without the rule the positive sets differ
+    assert int(positive_count(one)) == int(positive_count(two)) == 20
+    for k in range(5):
+        key = jax.random.key(k)
+        assert np.array_equal(np.asarray(rank_pixels(one, key)), np.asarray(rank_pixels(two, key)))
+    naive = [np.asarray(jnp.argsort(-jnp.asarray(m).ravel(), stable=True)) for m in (one, two)]
+    assert not np.array_equal(*naive)                      # the raw order does depend on the noise
+    # the tolerance is relative to the map's scale, and values beyond it keep their sign
+    tiny = np.array([[1e-3, 1e-10, -1e-10, -1e-3]], np.float32)
+    np.testing.assert_array_equal(np.asarray(snap_zero(tiny)), np.array([[1e-3, 0.0, 0.0, -1e-3]], np.float32))
+    assert int(positive_count(tiny * 1e-20)) == 1 and ZERO_TOLERANCE == 1e-6
+    assert int(positive_count(np.zeros((2, 2), np.float32))) == 0

@@ -26,9 +26,10 @@ def toy(x):
 
 
 def toy_images(n):
+    """Pairs of images from one source (cluster ``src/<i // 2>``), a clean and a noisy one (the group)."""
     rng = np.random.default_rng(0)
-    return [Example(id=f"img/{i}", image=rng.uniform(size=(H, W, 3)).astype(np.float32), label=int(i % K))
-            for i in range(n)]
+    return [Example(id=f"img/{i}", image=rng.uniform(size=(H, W, 3)).astype(np.float32), label=int(i % K),
+                    cluster=f"src/{i // 2}", group=("clean", "noise")[i % 2]) for i in range(n)]
 
 
 CONFIG = ev.EvalConfig(model="toy", window=2, stride=2, num_samples=2, seed=3, dataset="toy6",
@@ -78,8 +79,11 @@ def test_uninterrupted_run_writes_one_result_per_image_and_a_summary(reference):
     assert len(r["seeds"]) == 2 and all(set(s) == set(ev.METHODS) for s in r["seeds"])
     pda = r["seeds"][0]["pda"]
     assert len(pda["removal_gain"]) == 2 and len(pda["curve_morf"]) == 5 and len(pda["lerf_gain"]) == 2
-    assert set(pda["corrected"]) == {"ut", "uc", "uc_plain", "union"} and set(r["seeds"][0]["rise"]["corrected"]) == {
-        "ut", "uc", "union"}
+    assert set(pda["corrected"]) == {"ut", "signed", "uc", "uc_plain", "union"}
+    assert set(r["seeds"][0]["rise"]["corrected"]) == {"ut", "signed", "uc", "union"}
+    assert len(pda["ut_gain"]) == 2 and len(pda["ut_curve"]) == 5 and len(pda["ut_within"]) == 2
+    assert pda["ut_within"] == [round(q / 100 * H * W) <= pda["positive"] for q in CONFIG.percents]
+    assert (r["cluster"], r["group"]) == ("src/0", "noise") and res["img/4"]["cluster"] == "src/2"
     assert r["seeds"][0]["random"]["own_gain"] is None and len(pda["own_gain"]) == 2
     stored = json.loads((out / "config.json").read_text())
     assert stored["window"] == 2 and stored["version"] == uj.__version__ and stored["sampler"].startswith("Marginal(")
@@ -156,32 +160,46 @@ def test_merge_reports_unexpected_and_duplicate_results(reference, tmp_path):
 
 def test_summary_table_matches_the_results(reference):
     out, _ = reference
-    res = list(results_by_id(out).values())
+    by_id = results_by_id(out)
+    res = list(by_id.values())
     rows = list(csv.DictReader((out / "summary.csv").open()))
-    row = next(r for r in rows if r["metric"] == "removal_gain" and r["method"] == "pda" and float(r["q"]) == 25.0)
-    vals = [np.mean([s["pda"]["removal_gain"][1] for s in r["seeds"]]) for r in res]
-    assert int(row["n"]) == 6
-    assert float(row["mean"]) == pytest.approx(np.mean(vals), rel=1e-6)
+    row = next(r for r in rows if r["metric"] == "removal_gain" and r["method"] == "pda" and float(r["q"]) == 25.0
+               and r["split"] == "")
+    vals = {r["id"]: np.mean([s["pda"]["removal_gain"][1] for s in r["seeds"]]) for r in res}
+    per_source = [(vals[f"img/{2 * k}"] + vals[f"img/{2 * k + 1}"]) / 2 for k in range(3)]   # the unit: the cluster
+    assert (int(row["n"]), int(row["n_clusters"])) == (6, 3)
+    assert float(row["mean"]) == pytest.approx(np.mean(per_source), rel=1e-6)
     from scipy import stats
-    lo, hi = stats.t.interval(0.95, 5, loc=np.mean(vals), scale=stats.sem(vals))
+    lo, hi = stats.t.interval(0.95, 2, loc=np.mean(per_source), scale=stats.sem(per_source))
     assert float(row["ci_low"]) == pytest.approx(lo, rel=1e-6) and float(row["ci_high"]) == pytest.approx(hi, rel=1e-6)
     wrong = [r for r in res if r["prediction"] != r["label"]]
-    corr = next(r for r in rows if r["metric"] == "correction_rate:ut" and r["method"] == "rise" and float(r["q"]) == 5.0)
+    corr = next(r for r in rows if r["metric"] == "correction_rate:ut" and r["method"] == "rise" and float(r["q"]) == 5.0
+                and r["split"] == "")
     assert int(corr["n"]) == len(wrong)
+    competing = [r for r in res if r["p_competitor"] >= summary.COMPETITOR_FLOOR]
+    supp = next(r for r in rows if r["metric"] == "margin_gain:uc" and r["method"] == "pda" and r["split"] == "")
+    assert int(supp["n"]) == len(competing)
+    noisy = next(r for r in rows if r["metric"] == "ut_gain" and r["method"] == "pda" and r["split"] == "group=noise"
+                 and float(r["q"]) == 25.0)
+    assert int(noisy["n"]) == 3 and float(noisy["mean"]) == pytest.approx(
+        np.mean([np.mean([s["pda"]["ut_gain"][1] for s in by_id[f"img/{i}"]["seeds"]]) for i in (1, 3, 5)]), rel=1e-6)
     md = (out / "summary.md").read_text()
     assert "after Kang et al." in md and "| pda |" in md and "q = 25%" in md and "OWN construction" in md
+    assert "## U_t on its own support" in md and "| pda −R_t (full signed order) |" in md
+    for split in ("| group=clean |", "| group=noise |", "| class=0 |", "| misclassified |" if wrong else "| correct |",
+                  "3 clusters / 6 images"):
+        assert split in md, split
+    assert "Holm family (m = 8)" in md and "- `area_between`: pda − occlusion" in md
     comp = list(csv.DictReader((out / "comparisons.csv").open()))
     pair = next(r for r in comp if r["metric"] == "removal_gain" and r["method"] == "pda" and r["versus"] == "random"
                 and float(r["q"]) == 25.0)
-    rand = [np.mean([s["random"]["removal_gain"][1] for s in r["seeds"]]) for r in res]
-    assert float(pair["mean"]) == pytest.approx(np.mean(np.subtract(vals, rand)), rel=1e-6, abs=1e-9)
-
-
-def test_wilson_interval_against_a_hand_computed_value():
-    rate, lo, hi = summary.wilson_ci(3, 10)
-    assert rate == 0.3
-    assert lo == pytest.approx(0.10779, abs=1e-4) and hi == pytest.approx(0.60322, abs=1e-4)
-    assert all(np.isnan(summary.wilson_ci(0, 0)))
+    rand = {r["id"]: np.mean([s["random"]["removal_gain"][1] for s in r["seeds"]]) for r in res}
+    diff = [np.mean([vals[f"img/{i}"] - rand[f"img/{i}"] for i in (2 * k, 2 * k + 1)]) for k in range(3)]
+    assert float(pair["mean"]) == pytest.approx(np.mean(diff), rel=1e-6, abs=1e-9) and int(pair["n_clusters"]) == 3
+    assert pair["in_family"] == "False" and pair["p_holm"] == "nan"
+    fam = [r for r in comp if r["in_family"] == "True"]
+    assert {(r["metric"], r["versus"]) for r in fam} == {(m, v) for m in ("ut_area", "area_between")
+                                                         for v in ("occlusion", "rise", "gradient_input", "random")}
 
 
 def test_runner_on_an_image_folder(tmp_path):
@@ -320,3 +338,19 @@ def test_run_folder_is_locked_per_share_and_damaged_files_are_named(tmp_path):
     victim.write_text("{}")
     with pytest.raises(BadFileError, match=f"(?s){victim.name}.*lacks.*--resume"):
         runner.run(out, images, toy, CONFIG, SAMPLER, progress=False)
+
+
+def test_sanity_images_are_spread_over_groups_and_clusters_and_agree_everywhere():
+    ds = uj.data.corrupted(uj.data.digits("test"), uj.data.CORRUPTIONS["digits"])
+    picked = runner.sanity_ids(ds.ids, ds.clusters, ds.groups, 20, seed=0)
+    assert len(picked) == 20
+    where = {i: k for k, i in enumerate(ds.ids)}
+    groups = [ds.groups[where[i]] for i in picked]
+    assert {g: groups.count(g) for g in set(groups)} == {"clean": 5, "noise": 5, "blur": 5, "occlusion": 5}
+    assert len({ds.clusters[where[i]] for i in picked}) == 20                 # one image per source digit
+    assert picked == runner.sanity_ids(list(ds.ids), list(ds.clusters), list(ds.groups), 20, seed=0)
+    assert picked != runner.sanity_ids(ds.ids, ds.clusters, ds.groups, 20, seed=1)
+    # more picks than clusters: each cluster gives a second image only once every cluster gave one
+    small = runner.sanity_ids(["a1", "a2", "b1", "b2", "c1"], ["a", "a", "b", "b", "c"], ["x"] * 5, 4, seed=0)
+    assert len(small) == 4 and {i[0] for i in small} == {"a", "b", "c"}
+    assert runner.sanity_ids(["a"], ["a"], ["x"], 5, seed=0) == {"a"}

@@ -147,3 +147,41 @@ def test_average_windows_scales_each_map_before_averaging():
     assert set(avg.competitors) == {"uc"} and avg.own is None
     with pytest.raises(ValueError, match="maps"):
         methods.average_windows([])
+
+
+def test_ut_is_scored_on_its_own_support_apart_from_the_full_signed_order():
+    """A logistic classifier p(t) = σ(Σ w·x) on a 4×4 image of ones, removal to 0: three pixels
+    (w = −0.9, −0.6, −0.3) hinder t, so U_t has 3 pixels; q = 50 % (8 pixels) exceeds it."""
+    w = np.full(16, 0.05)
+    w[[5, 9, 2]] = [-0.9, -0.6, -0.3]
+    w[[0, 1]] = [0.4, 0.2]                                      # the two most supporting pixels
+    clf = as_classifier(lambda x: jnp.stack([jnp.einsum("nhwc,hw->n", x, jnp.asarray(w, jnp.float32).reshape(4, 4)),
+                                             jnp.zeros(x.shape[0])], axis=-1))
+    image = jnp.ones((4, 4, 1), jnp.float32)
+    against = -w                                                # signed evidence against t = 0
+    order = np.argsort(-against, kind="stable")                 # distinct values: 5, 9, 2, then supporting
+    places = np.empty(16, np.int32)
+    places[order] = np.arange(16)
+    ut = jnp.asarray(places)
+    got = metrics.score_rankings(clf, image, {"m": {"ut": ut, "uc": ut, "union": ut}}, 0, 1, 0, (10.0, 50.0), 3,
+                                 ev.Perturbation("constant", value=0.0), jax.random.split(jax.random.key(0), 2),
+                                 positives={"m": 3}, laplace_n=1e5, batch_size=8)["m"]
+
+    def p_after(removed):
+        keep = np.ones(16)
+        keep[list(removed)] = 0.0
+        return 1.0 / (1.0 + np.exp(-(w * keep).sum()))
+
+    p0 = p_after([])
+    assert got["positive"] == 3 and got["ut_within"] == [True, False]   # 10 %: 2 pixels; 50 %: 8 pixels
+    np.testing.assert_allclose(got["ut_gain"], [p_after([5, 9]) - p0, p_after([5, 9, 2]) - p0], atol=1e-6)
+    np.testing.assert_allclose(got["removal_gain"], [p_after([5, 9]) - p0, p_after(order[:8]) - p0], atol=1e-6)
+    curve = [p_after(order[:k]) for k in (0, 1, 2, 3)]          # fractions 0, 1/3, 2/3, 1 of |U_t| = 3
+    np.testing.assert_allclose(got["ut_curve"], curve, atol=1e-6)
+    assert got["ut_area"] == pytest.approx(np.trapezoid(np.array(curve) - p0, [0, 1 / 3, 2 / 3, 1]), abs=1e-6)
+    assert got["ut_gain"][1] > got["removal_gain"][1]          # the full order went on into supporting pixels
+    assert got["corrected"]["ut"] == [True, True] and got["margin_gain"]["ut"][1] > got["margin_gain"]["signed"][1]
+    empty = metrics.score_rankings(clf, image, {"m": {"ut": ut, "uc": ut, "union": ut}}, 0, 1, 0, (10.0,), 3,
+                                   ev.Perturbation("constant", value=0.0), jax.random.split(jax.random.key(0), 2),
+                                   positives={"m": 0}, laplace_n=1e5, batch_size=8)["m"]
+    assert empty["ut_gain"] == [0.0] and empty["ut_area"] == 0.0 and empty["ut_within"] == [False]

@@ -7,13 +7,16 @@
 - :mod:`.metrics`: removal gain in both orders, correction, suppression, own-perturbation scores.
 - :mod:`.baselines`: random, occlusion, RISE (centred) and gradient × input maps.
 - :mod:`.road`: ROAD's noisy linear imputation (:func:`road_impute`), a removal that does not leak.
-- :mod:`.ranking`: pixel orders, descending by score, exact ties broken at random (:func:`rank_pixels`).
-- :mod:`.stats`: paired per-image differences: bootstrap intervals, Wilcoxon p, Holm, tables.
+- :mod:`.ranking`: pixel orders, descending by score, ties broken at random, values within a tolerance of 0
+  counted as 0 (:func:`rank_pixels`, :func:`.ranking.positive_count`).
+- :mod:`.stats`: paired differences over source images (clusters): cluster bootstrap, Wilcoxon p, d_z, Holm
+  over a declared family (:func:`.stats.paired`).
 - :mod:`.sanity`: Adebayo et al.'s cascading parameter randomisation and random-logit checks.
 - :mod:`.paste`: a pasted object patch as ground truth on real photographs (pointing game, mass share).
 - :mod:`.runner`: per-image result files, resume, process split, merge.
 - :mod:`.orchestrate`: one run in one process, in processes started by hand, or under ``jax.distributed``.
-- :mod:`.summary`: means with 95 % intervals, paired comparisons, sanity table, the removal-gain plot.
+- :mod:`.summary`: cluster means with 95 % intervals (U_t own support and the full signed order apart),
+  splits, paired comparisons, margins over the best control, the Holm family, sanity table, a plot.
 """
 
 from . import baselines, keys, methods, metrics, orchestrate, paste, ranking, removal, road, runner, sanity, stats, summary

@@ -4,15 +4,17 @@ The paper's own metric is not available to us; these are our definitions, to be 
 after Kang et al.". For an image x with target t (the true label) and competitor c (the most probable
 class other than t: the wrong prediction when the model errs):
 
-- :func:`rankings` orders every pixel of each method's signed map (exact ties broken at random by a
-  key, so the order continues past U_t > 0), plus each competitor map and the rank-normalised union.
+- :func:`rankings` orders every pixel of each method's signed map (ties broken at random by key, values
+  within the tolerance of 0 counted as 0: :mod:`.ranking`), each competitor map and their
+  rank-normalised union.
 - :func:`score_rankings` removes pixels with a scoring perturbation drawn from keys the maps were not
-  built with: p(t) undesirable-first (MoRF on U_t) and least-undesirable-first (LeRF), their gains in
-  probability and in log2-odds (Laplace correction of :mod:`undesirable_jax.evidence`, so they read in
-  the bits of the evidence maps), the area between the two curves, and for U_t, U_c and their union
-  whether the top-1 class becomes the true label (correction) and the change of the margin
-  log2 p(t) − log2 p(c) (suppression).
-- :func:`score_own` scores U_t a second time under a method's own construction fills.
+  built with, scoring two things apart: **U_t on its own support** (its first |U_t| pixels, the curve
+  over fractions of |U_t|; at q % beyond |U_t|, all of U_t) and **−R_t, the full signed order**
+  (undesirable-first and least-undesirable-first over the whole image, the area between them); gains
+  in probability and in log2-odds (Laplace correction of :mod:`undesirable_jax.evidence`, so they read
+  in the bits of the evidence maps); plus correction and margin suppression (log2 p(t) − log2 p(c))
+  for U_t, the full order, U_c and their rank-normalised union.
+- :func:`score_own` scores the full order under a method's own construction fills.
 
 :class:`MethodMaps` is the three non-negative maps of one method (support, U_t, U_c), as the
 baselines' :func:`~undesirable_jax.evaluate.baselines.signed_maps` and ``random_maps`` return them.
@@ -84,16 +86,37 @@ def _bits(p: jnp.ndarray, laplace_n: float, num_classes: int) -> np.ndarray:
     return np.log2(np.asarray(laplace(jnp.asarray(p), laplace_n, num_classes)))
 
 
+def support_places(places_ut: Any, positive: int, curve_steps: int) -> np.ndarray:
+    """Places ``[H·W]`` that remove U_t's own support step by step: at curve step k (k = 0..curve_steps)
+    exactly the first ``round(k / curve_steps · positive)`` pixels of the U_t order ``places_ut``.
+
+    Pixel i is removed at step k iff ``out[i] < k + 1`` (so :func:`.removal.perturbed_probs` with counts
+    ``1..curve_steps + 1`` gives the whole curve for every method at once, whatever each one's
+    ``positive``): ``out[i]`` is the first k whose count exceeds ``places_ut[i]`` (``curve_steps + 1``
+    for pixels outside the support). Counts are rounded half to even, as :func:`.removal.pixel_counts`.
+    """
+    thresholds = np.round(np.arange(curve_steps + 1) * positive / curve_steps)
+    return np.searchsorted(thresholds, np.asarray(places_ut), side="right").astype(np.int32)
+
+
 def score_rankings(classifier: Classifier, image: jnp.ndarray, places: dict, target: int, competitor: int,
                    label: int, percents: Sequence[float], curve_steps: int, perturbation: Any,
-                   keys: jax.Array, *, laplace_n: float, batch_size: int) -> dict[str, dict]:
+                   keys: jax.Array, *, positives: dict[str, int], laplace_n: float,
+                   batch_size: int) -> dict[str, dict]:
     """Score every method's rankings under one perturbation with the draws ``keys [D]``.
 
-    Per method, at the thresholds ``percents`` and the curve fractions f = 0, 1/curve_steps, …, 1:
-    p(t) removing undesirable-first (MoRF on U_t) and least-undesirable-first (LeRF), their gains, the
-    area between the two curves, and, for each ranking (``ut``, ``uc``…, ``union``), whether the top-1
-    class becomes ``label`` and the change of the margin log2 p(t) − log2 p(c) in bits (positive: c
-    suppressed against t). ``places``: from :func:`rankings`.
+    Two things are scored per method, and kept apart (see :func:`_method_record` for the fields):
+
+    - **−R_t, the full signed order** (``places[m]["ut"]`` continues past U_t through the zero level
+      into the supporting pixels): p(t) removing undesirable-first (MoRF) and least-undesirable-first
+      (LeRF) at ``percents`` and at the curve fractions f = 0, 1/curve_steps, …, 1 of the image, their
+      gains, the area between the two curves.
+    - **U_t on its own support** (its first ``positives[m]`` pixels, :func:`.ranking.positive_count`):
+      p(t) after removing the top q % of the image *within* U_t — where q % exceeds U_t, all of U_t
+      (the gain at the positive-set size; ``ut_within`` says where) — and the curve over fractions
+      f of U_t's own size. Correction and margin suppression of the ``ut`` ranking use the same capped
+      removal; the full order's are under ``signed``; the other rankings (``uc``…, ``union``) remove
+      the top q % of the whole image. ``places``: from :func:`rankings`.
     """
     h, w, _ = image.shape
     p_all = h * w
@@ -104,36 +127,80 @@ def score_rankings(classifier: Classifier, image: jnp.ndarray, places: dict, tar
     orders = jnp.stack([x for n in names for x in (places[n]["ut"], p_all - 1 - places[n]["ut"])])
     probs_ut = np.asarray(perturbed_probs(classifier, image, orders, counts_qf, keys,
                                           perturbation=perturbation, batch_size=batch_size))
+    support = jnp.asarray(np.stack([support_places(places[n]["ut"], int(positives[n]), curve_steps) for n in names]))
+    probs_sup = np.asarray(perturbed_probs(classifier, image, support, jnp.arange(1, curve_steps + 2, dtype=jnp.int32),
+                                           keys, perturbation=perturbation, batch_size=batch_size))
     labels = [(n, lab) for n in names for lab in places[n] if lab != "ut"]
     others = jnp.stack([places[n][lab] for n, lab in labels])
     probs_other = np.asarray(perturbed_probs(classifier, image, others, jnp.asarray(counts_q), keys,
                                              perturbation=perturbation, batch_size=batch_size))
     base = np.asarray(image_probs(classifier, image))
-    k, q = base.shape[0], len(counts_q)
-    margin0 = _bits(base[target], laplace_n, k) - _bits(base[competitor], laplace_n, k)
-
-    def margin(p):
-        return (_bits(p[:, target], laplace_n, k) - _bits(p[:, competitor], laplace_n, k) - margin0).tolist()
-
-    lo = lambda p: np.asarray(log_odds(laplace(jnp.asarray(p), laplace_n, k)))  # noqa: E731
+    scorer = _Scorer(base, target, competitor, label, laplace_n, fractions)
     out = {}
     for i, n in enumerate(names):
-        morf, lerf = probs_ut[2 * i], probs_ut[2 * i + 1]
-        curve_m, curve_l = morf[q:, target], lerf[q:, target]
-        rec = {"morf_p": morf[:q, target].tolist(), "lerf_p": lerf[:q, target].tolist(),
-               "removal_gain": (morf[:q, target] - base[target]).tolist(),
-               "log_odds_gain": (lo(morf[:q, target]) - lo(base[target])).tolist(),
-               "lerf_gain": (lerf[:q, target] - base[target]).tolist(),
-               "curve_morf": curve_m.tolist(), "curve_lerf": curve_l.tolist(),
-               "area_between": float(np.trapezoid(curve_m - curve_l, fractions)),
-               "corrected": {"ut": (morf[:q].argmax(-1) == label).tolist()},
-               "margin_gain": {"ut": margin(morf[:q])}}
+        within = counts_q <= int(positives[n])
+        rec = _method_record(scorer, probs_ut[2 * i], probs_ut[2 * i + 1], probs_sup[i], within, int(positives[n]))
         for j, (m_name, lab) in enumerate(labels):
             if m_name == n:
-                rec["corrected"][lab] = (probs_other[j].argmax(-1) == label).tolist()
-                rec["margin_gain"][lab] = margin(probs_other[j])
+                rec["corrected"][lab] = scorer.corrected(probs_other[j])
+                rec["margin_gain"][lab] = scorer.margin(probs_other[j])
         out[n] = rec
     return out
+
+
+class _Scorer:
+    """Turns probability rows ``[..., K]`` of one image into its scores (target, competitor, label fixed)."""
+
+    def __init__(self, base: np.ndarray, target: int, competitor: int, label: int, laplace_n: float,
+                 fractions: np.ndarray):
+        self.base, self.t, self.c, self.label, self.n, self.fractions = base, target, competitor, label, laplace_n, fractions
+        self.k = base.shape[0]
+        self.margin0 = self.bits(base[target]) - self.bits(base[competitor])
+
+    def bits(self, p: Any) -> np.ndarray:
+        return _bits(p, self.n, self.k)
+
+    def log_odds(self, p: Any) -> np.ndarray:
+        return np.asarray(log_odds(laplace(jnp.asarray(p), self.n, self.k)))
+
+    def gains(self, p: np.ndarray) -> tuple[list, list]:
+        """Δp(t) and Δlog2-odds(t) of rows ``p [Q, K]`` against the untouched image."""
+        return ((p[:, self.t] - self.base[self.t]).tolist(),
+                (self.log_odds(p[:, self.t]) - self.log_odds(self.base[self.t])).tolist())
+
+    def corrected(self, p: np.ndarray) -> list:
+        return (p.argmax(-1) == self.label).tolist()
+
+    def margin(self, p: np.ndarray) -> list:
+        return (self.bits(p[:, self.t]) - self.bits(p[:, self.c]) - self.margin0).tolist()
+
+
+def _method_record(sc: _Scorer, morf: np.ndarray, lerf: np.ndarray, sup: np.ndarray, within: np.ndarray,
+                   positive: int) -> dict:
+    """One method's scores from its full-order MoRF/LeRF rows ``[Q + F, K]`` and U_t-curve rows ``[F, K]``.
+
+    Full signed order: ``morf_p``, ``lerf_p``, ``removal_gain``, ``log_odds_gain``, ``lerf_gain``
+    ``[Q]``; ``curve_morf``, ``curve_lerf`` ``[F]`` (fractions of the image); ``area_between``.
+    U_t own support: ``positive`` (its size in pixels); ``ut_within`` ``[Q]`` (q % of the image fits
+    in U_t); ``ut_gain``, ``ut_log_odds_gain`` ``[Q]`` (the top q % within U_t, all of U_t beyond);
+    ``ut_curve`` ``[F]``: p(t) after removing the fraction f of U_t; ``ut_area``: the trapezoid mean of
+    its gain over f (0 for an empty U_t). ``corrected``/``margin_gain``: ``ut`` (capped like
+    ``ut_gain``) and ``signed`` (the full order).
+    """
+    q, t = within.shape[0], sc.t
+    ut_rows = np.where(within[:, None], morf[:q], sup[-1][None])      # the same pixels where q fits in U_t
+    curve_m, curve_l = morf[q:, t], lerf[q:, t]
+    gain, lo_gain = sc.gains(morf[:q])
+    ut_gain, ut_lo_gain = sc.gains(ut_rows)
+    return {"morf_p": morf[:q, t].tolist(), "lerf_p": lerf[:q, t].tolist(),
+            "removal_gain": gain, "log_odds_gain": lo_gain, "lerf_gain": (lerf[:q, t] - sc.base[t]).tolist(),
+            "curve_morf": curve_m.tolist(), "curve_lerf": curve_l.tolist(),
+            "area_between": float(np.trapezoid(curve_m - curve_l, sc.fractions)),
+            "positive": int(positive), "ut_within": within.tolist(), "ut_gain": ut_gain,
+            "ut_log_odds_gain": ut_lo_gain, "ut_curve": sup[:, t].tolist(),
+            "ut_area": float(np.trapezoid(sup[:, t] - sc.base[t], sc.fractions)),
+            "corrected": {"ut": sc.corrected(ut_rows), "signed": sc.corrected(morf[:q])},
+            "margin_gain": {"ut": sc.margin(ut_rows), "signed": sc.margin(morf[:q])}}
 
 
 def score_own(classifier: Classifier, image: jnp.ndarray, places_ut: jnp.ndarray, fills: jnp.ndarray,

@@ -7,6 +7,14 @@ region) into a top-left-first removal; a random one costs nothing and makes a pl
 sorts the shuffled scores with a *stable* comparison sort. Distinct scores are ordered exactly (the
 sort compares the values themselves, so scores one ulp apart keep their order); equal scores keep the
 shuffled order among themselves, which is uniform over their permutations. ``-0.0`` and ``0.0`` tie.
+
+**Zero is a level, not a sign.** A float map's values within :data:`ZERO_TOLERANCE` · max|map| of 0
+count as exactly 0 (:func:`snap_zero`), before ranking and when counting the positive set
+(:func:`positive_count`, the size of U_t = the pixels with evidence against the target > 0). Values
+that are float noise around 0 (an occlusion window that changes nothing, computed in two different
+batch layouts) would otherwise take their sign and their order from rounding, so the positive set and
+the order would change between identical runs. This module is the one place of that rule; the runner's
+positive count and every ranking use it. Distinct values away from 0 are still ordered exactly.
 """
 
 from __future__ import annotations
@@ -16,9 +24,33 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+ZERO_TOLERANCE = 1e-6
+"""Relative tolerance of zero: ``|v| ≤ ZERO_TOLERANCE · max|map|`` counts as 0 (float maps only)."""
+
+
+def snap_zero(score: Any) -> jnp.ndarray:
+    """``score`` with the values within :data:`ZERO_TOLERANCE` · max|score| of 0 set to exactly ``+0.0``.
+
+    Float maps only (integer maps are exact and returned as they are); an all-zero map stays zero.
+    Jittable; NaN values are left as they are (NaN compares false).
+    """
+    s = jnp.asarray(score)
+    if not jnp.issubdtype(s.dtype, jnp.floating):
+        return s
+    scale = jnp.max(jnp.abs(s))
+    return jnp.where(jnp.abs(s) <= ZERO_TOLERANCE * scale, jnp.zeros_like(s), s)
+
+
+def positive_count(score: Any) -> jnp.ndarray:
+    """Number of values of ``score`` that are > 0 after :func:`snap_zero` (the positive set's size)."""
+    return jnp.sum(snap_zero(score) > 0)
+
 
 def rank_pixels(score: Any, key: jax.Array) -> jnp.ndarray:
     """Flat pixel indices ``[H·W]`` (int32) of ``score`` ``[H, W]``, highest score first, ties at random.
+
+    Values within the tolerance of 0 rank as exact zeros (:func:`snap_zero`), so the first
+    :func:`positive_count` pixels of the order are exactly the positive set.
 
     Jittable and vmappable (``jax.vmap(rank_pixels)(scores, keys)``). A concrete ``score`` holding NaN
     is refused with ``ValueError``; under ``jit``/``vmap`` the values cannot be checked, and NaN scores
@@ -38,7 +70,7 @@ def rank_pixels(score: Any, key: jax.Array) -> jnp.ndarray:
 @jax.jit
 def _rank(flat: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
     perm = jax.random.permutation(key, flat.shape[0]).astype(jnp.int32)
-    shuffled = flat[perm]
+    shuffled = snap_zero(flat)[perm]
     if jnp.issubdtype(flat.dtype, jnp.floating):
         order = jnp.argsort(-shuffled, stable=True)       # exact negation; NaN sorts last
     else:
@@ -61,4 +93,4 @@ def top_mask(order: jnp.ndarray, count: Any, shape: tuple[int, int]) -> jnp.ndar
     return (ranks < jnp.asarray(count, jnp.int32)).reshape(shape)
 
 
-__all__ = ["pixel_ranks", "rank_pixels", "top_mask"]
+__all__ = ["ZERO_TOLERANCE", "pixel_ranks", "positive_count", "rank_pixels", "snap_zero", "top_mask"]

@@ -26,7 +26,7 @@ from .. import io
 from ..checks import BadFileError
 
 #: Keys every result file holds (written by the runner for each finished image).
-RESULT_KEYS = ("id", "index", "config_sha256", "label", "target", "competitor", "prediction", "p_target",
+RESULT_KEYS = ("id", "index", "cluster", "group", "config_sha256", "label", "target", "competitor", "prediction", "p_target",
                "p_competitor", "percents", "fractions", "skipped", "seeds")
 
 

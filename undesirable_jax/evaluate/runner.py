@@ -7,7 +7,14 @@ Layout of an output folder::
     <out>/summary.md, summary.csv  means and 95 % confidence intervals per method and q
     <out>/removal_gain.png         removal gain against q, both orders
     <out>/comparisons.md, .csv     paired per-image differences: every method vs every other, zero, random
-    <out>/sanity.md, .csv          sanity checks (parameter randomisation, random logit) of the first images
+    <out>/sanity.md, .csv          sanity checks (parameter randomisation, random logit) of the sanity images
+
+Every result file holds the image's ``cluster`` (its source image, the unit of the paired statistics)
+and ``group`` (its kind, e.g. the corruption) from the data set's example (a record without them: its
+own id and ``"all"``). Folders written before these fields existed are refused (``results_format`` in
+``config.json`` differs, and :func:`~.rundir.read_result` names a result file that lacks them): rerun
+into a new folder. The images that also run the sanity checks are chosen by :func:`sanity_ids`, a rule
+over ids, clusters and groups only, so every process of a split run agrees.
 
 Re-running the same command skips the images whose result file exists, so a crash loses nothing
 finished. Work is split over processes by the image's position in the data set
@@ -38,6 +45,7 @@ from . import rundir, summary
 from .keys import part_keys, stream_key
 from .methods import BUILDERS, BuildContext, SignedMaps, usable
 from .metrics import DEFAULT_PERCENTS, image_probs, rankings, score_own, score_rankings
+from .ranking import positive_count
 from .removal import Perturbation, fill_image
 
 METHODS = tuple(BUILDERS)
@@ -53,8 +61,9 @@ class EvalConfig:
     Scoring: ``perturbation`` (``road``, ``constant`` or ``blur``; see :class:`.removal.Perturbation`)
     with ``road_noise``, ``scoring_value`` (the constant, usually the data mean) and ``scoring_sigma``
     (the blur); ``scoring_draws`` independent draws averaged per removal. ``num_seeds``: repeats of
-    every method's construction and scoring, each from its own keys. ``sanity_images``: images (the
-    first by data-set position) that also get the parameter-randomisation and random-logit checks.
+    every method's construction and scoring, each from its own keys. ``sanity_images``: images (spread
+    over clusters and groups by :func:`sanity_ids`) that also get the parameter-randomisation and
+    random-logit checks.
     """
 
     model: str
@@ -137,7 +146,46 @@ def config_record(config: EvalConfig, classifier: Classifier, sampler: Sampler) 
     rec["scoring"] = config.scoring().describe()
     rec["model_params_sha256"] = _hash_arrays(jax.tree.leaves(classifier.params))
     rec["version"] = __version__
+    rec["results_format"] = RESULTS_FORMAT
     return rec
+
+
+RESULTS_FORMAT = 2
+"""Version of the result files' fields (2: ``cluster``, ``group``, U_t own-support scores); a folder of
+another format is refused on resume."""
+
+
+def sanity_ids(ids: Sequence[str], clusters: Sequence[str], groups: Sequence[str], count: int,
+               seed: int) -> frozenset[str]:
+    """The ``count`` images that run the sanity checks, spread over groups and clusters.
+
+    Images are ordered by ``sha256(f"{seed}:{id}")``; then the groups (sorted) take turns, each taking
+    its next image whose cluster has not yet given an image; when no group can take one, each cluster
+    may give one more, and so on, until ``count`` images (or all) are picked. A function of the ids,
+    clusters, groups and seed alone: every process of a split run computes the same set. (Correct vs
+    misclassified is not known before the model runs; the groups, e.g. the corruption kinds, differ
+    in error rate, and the sanity table reports the two apart.)
+    """
+    checks.integer("count", count, minimum=0)
+    if not len(ids) == len(clusters) == len(groups):
+        raise ValueError(f"ids, clusters, groups: expected one each per image, got {len(ids)}, {len(clusters)}, "
+                         f"{len(groups)}")
+    order = sorted(range(len(ids)), key=lambda i: hashlib.sha256(f"{seed}:{ids[i]}".encode()).hexdigest())
+    queues = {g: [i for i in order if groups[i] == g] for g in sorted(set(groups))}
+    used: dict[str, int] = {}
+    picked: list[str] = []
+    level = 1
+    while len(picked) < min(count, len(ids)):
+        took = False
+        for queue in queues.values():
+            hit = next((k for k, i in enumerate(queue) if used.get(clusters[i], 0) < level), None)
+            if hit is not None and len(picked) < count:
+                i = queue.pop(hit)
+                used[clusters[i]] = used.get(clusters[i], 0) + 1
+                picked.append(ids[i])
+                took = True
+        level += 0 if took else 1
+    return frozenset(picked)
 
 
 def check_config(out_dir: str | Path, record: dict) -> None:
@@ -182,13 +230,13 @@ def score_maps(ctx: BuildContext, maps: dict[str, SignedMaps], label: int, image
     cfg = ctx.config
     places = rankings(maps, stream_key(cfg.seed, "rank", image_id, repeat))
     score = stream_key(cfg.seed, "score", image_id, repeat)
+    positives = {name: int(positive_count(m.against)) for name, m in maps.items()}   # |U_t|, ranking.py's rule
     common = score_rankings(ctx.classifier, ctx.image, places, ctx.target, ctx.competitor, label, cfg.percents,
                             cfg.curve_steps, cfg.scoring(), part_keys(jax.random.fold_in(score, 0), cfg.scoring_draws),
-                            laplace_n=cfg.laplace_n, batch_size=ctx.batch_size)
+                            positives=positives, laplace_n=cfg.laplace_n, batch_size=ctx.batch_size)
     own_keys = part_keys(jax.random.fold_in(score, 1), cfg.scoring_draws)
     for name, m in maps.items():
         rec = common[name]
-        rec["positive"] = int(jnp.sum(m.against > 0))
         rec["own_gain"] = None if m.own is None else score_own(
             ctx.classifier, ctx.image, places[name]["ut"], own_fills(m.own, ctx, own_keys), ctx.target,
             cfg.percents, batch_size=ctx.batch_size).tolist()
@@ -295,6 +343,7 @@ def run(out_dir: str | Path, dataset: Iterable[Any], classifier: Any, config: Ev
     digest = io.json_digest(record)
 
     known = _known_ids(dataset)
+    chosen = _sanity_choice(dataset, known, config)
     total = len(dataset) if hasattr(dataset, "__len__") else None
     share = None if total is None else len(range(process_index, total, process_count))
     bar = tqdm(total=share, unit="img", desc=f"evaluate[{process_index}/{process_count}]", disable=not progress)
@@ -310,8 +359,10 @@ def run(out_dir: str | Path, dataset: Iterable[Any], classifier: Any, config: Ev
             except ValueError as e:   # e.g. an extreme aspect ratio: say which image of the set
                 raise ValueError(f"dataset image {image_id!r} (index {index}): {e}") from e
             rec = evaluate_image(classifier, image, int(ex.label), config, sampler, image_id, chunk_size=chunk_size,
-                                 batch_size=batch_size, mesh=mesh, sanity=index < config.sanity_images)
-            io.write_json(path, {"id": image_id, "index": index, "config_sha256": digest, **rec})
+                                 batch_size=batch_size, mesh=mesh, sanity=image_id in chosen)
+            cluster, group = _cluster_group(ex)
+            io.write_json(path, {"id": image_id, "index": index, "cluster": cluster, "group": group,
+                                 "config_sha256": digest, **rec})
         bar.update(1)
 
     with rundir.RunLock(out_dir, process_index, process_count):   # one process per share of the work
@@ -344,6 +395,28 @@ def _walk_share(dataset: Any, known: list[str] | None, process_index: int, proce
         if index % process_count == process_index:
             work(index, ex.id, lambda e=ex: e)
     return ids
+
+
+def _cluster_group(ex: Any) -> tuple[str, str]:
+    """An example's ``cluster`` and ``group`` (own id and ``"all"`` for a record without them)."""
+    return str(getattr(ex, "cluster", "") or ex.id), str(getattr(ex, "group", "") or "all")
+
+
+def _sanity_choice(dataset: Any, known: list[str] | None, config: EvalConfig) -> frozenset[str]:
+    """:func:`sanity_ids` over the whole data set (its ``clusters``/``groups`` accessors, else one walk)."""
+    if config.sanity_images == 0:
+        return frozenset()
+    if known is not None and hasattr(dataset, "clusters") and hasattr(dataset, "groups"):
+        clusters, groups = [str(c) for c in dataset.clusters], [str(g) for g in dataset.groups]
+        if not len(clusters) == len(groups) == len(known):
+            raise ValueError(f"dataset: has {len(known)} ids but {len(clusters)} clusters and {len(groups)} groups")
+        return sanity_ids(known, clusters, groups, config.sanity_images, config.seed)
+    if iter(dataset) is dataset:
+        raise ValueError("dataset: a one-pass iterator cannot choose the sanity images (they are spread over the "
+                         "whole set); pass a list or a set with ids, clusters and groups, or sanity_images=0")
+    meta = [(str(ex.id), *_cluster_group(ex)) for ex in dataset]
+    ids, clusters, groups = (list(col) for col in zip(*meta)) if meta else ([], [], [])
+    return sanity_ids(ids, clusters, groups, config.sanity_images, config.seed)
 
 
 def _check_run_args(config: Any, process_index: Any, process_count: Any) -> None:
