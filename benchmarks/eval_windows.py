@@ -3,6 +3,9 @@
     .venv/bin/python benchmarks/eval_windows.py --set digits     # windows 1-4, held-out digits + corruptions
     .venv/bin/python benchmarks/eval_windows.py --set lfw        # windows 2-6, held-out lfw + corruptions
 
+Images: ``--limit`` L of ``<set>+corrupt`` (the test split, then its noisy, blurred and occluded copies,
+in that order) at the evenly spaced positions ``round(linspace(0, N − 1, L))``, so clean and every
+corruption get about L/4 images each (all N when L ≥ N).
 Per image: PDA (stride 1, a conditional Gaussian fitted per window size on the training split) builds
 −R_t for every window size from its own build key; ``avg`` is :func:`undesirable_jax.evaluate.methods.
 average_windows` of all sizes (each map scaled to max |value| 1 first); ``random`` is the null. All are
@@ -74,7 +77,7 @@ def table(results, names, percents):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--set", choices=tuple(SETS), default="digits")
-    p.add_argument("--limit", type=int, default=400, help="images: the first LIMIT of <set>+corrupt (clean first)")
+    p.add_argument("--limit", type=int, default=400, help="images: LIMIT evenly spaced positions of <set>+corrupt (clean, noise, blur, occlusion)")
     p.add_argument("--samples", type=int, default=10)
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--draws", type=int, default=4)

@@ -338,6 +338,22 @@ def test_evaluate_digits_writes_results_summary_and_resumes(tmp_path, capsys):
     assert_one_line_error(code, err, "window")
 
 
+def test_evaluate_spread_covers_every_corruption_type(tmp_path, capsys):
+    out = tmp_path / "spread"
+    argv = ["evaluate", "--dataset", "digits+corrupt", "--model", "digits_cnn", "--spread", 4, "--window", 4,
+            "--stride", 4, "--sampler", "constant", "--methods", "random", "--thresholds", 50, "--seeds", 1,
+            "--scoring-draws", 1, "--sanity-images", 0, "--out", out, "--no-progress"]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0, err
+    ids = {json.loads(p.read_text())["id"] for p in (out / "results").glob("*.json")}
+    kinds = {i.split("+")[1].rstrip("0123456789.") if "+" in i else "clean" for i in ids}
+    assert len(ids) == 4 and kinds == {"clean", "noise", "blur", "occlusion"}, ids
+    assert json.loads((out / "config.json").read_text())["dataset"].startswith("digits+corrupt:test[spread 4] {")
+    with pytest.raises(SystemExit) as e:                   # --limit and --spread: one or the other
+        run_cli(argv[:5] + ["--limit", 4] + argv[5:], capsys)
+    assert e.value.code == 2 and "--spread: not allowed with argument --limit" in capsys.readouterr().err
+
+
 def test_evaluate_split_over_two_processes_then_resume_merges(tmp_path, capsys):
     out = tmp_path / "split"
     argv = ["evaluate", "--dataset", "digits", "--model", "digits_cnn", "--limit", 2, "--window", 4, "--stride", 4,

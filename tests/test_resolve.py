@@ -68,6 +68,28 @@ def test_resolve_image_and_data_specs(tmp_path):
         subset[3]
 
 
+def test_spread_subset_takes_every_version_of_a_corrupted_set_evenly():
+    evaluated, _ = data.from_spec("digits+corrupt", "test")
+    n = len(evaluated)                                   # 360 digits × (clean, noise, blur, occlusion)
+    first = data.Subset(evaluated, 8)
+    assert all("+" not in i for i in first.ids)          # the first 8 by position: clean digits only
+    spread = data.Subset(evaluated, spread=8)
+    assert spread.positions == tuple(i * n // 8 for i in range(8)) == (0, 180, 360, 540, 720, 900, 1080, 1260)
+    assert spread.ids == tuple(evaluated.ids[p] for p in spread.positions)
+    assert [spread[i].id for i in range(8)] == list(spread.ids) == [ex.id for ex in spread]
+    versions = [i.split("+")[1][:5] if "+" in i else "clean" for i in spread.ids]
+    assert versions == ["clean", "clean", "noise", "noise", "blur1", "blur1", "occlu", "occlu"]
+    assert {i.split("+")[0] for i in spread.ids} == {evaluated.ids[0], evaluated.ids[180]}   # same two digits
+    assert len(set(spread.clusters)) == 2 and spread.clusters == tuple(evaluated.clusters[p] for p in spread.positions)
+    assert spread.groups == tuple(evaluated.groups[p] for p in spread.positions)
+    assert data.Subset(evaluated, spread=10 * n).positions == tuple(range(n))
+    with pytest.raises(ValueError, match="limit, spread"):
+        data.Subset(evaluated, 3, spread=3)
+    with pytest.raises(IndexError):
+        spread[8]
+    assert data.dataset_label("digits+corrupt", "test", spread=8).startswith("digits+corrupt:test[spread 8] {")
+
+
 def test_display_is_the_model_crop_without_normalisation():
     rng = np.random.default_rng(0)
     raw = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)

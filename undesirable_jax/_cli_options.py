@@ -204,7 +204,12 @@ def add_evaluate(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "folder:PATH (PATH/<class>/<images>) | tfds:NAME (a prepared tensorflow-datasets set)")
     v.add_argument("--split", default="test", help="split: test/train/all for digits and lfw, a tfds split for tfds:")
     v.add_argument("--data-dir", type=Path, default=None, help="tfds data directory (default: $TFDS_DATA_DIR)")
-    v.add_argument("--limit", type=int, default=None, help="evaluate only the first LIMIT images of the split")
+    subset = v.add_mutually_exclusive_group()
+    subset.add_argument("--limit", type=int, default=None, help="evaluate only the first LIMIT images of the split")
+    subset.add_argument("--spread", type=int, default=None,
+                        help="evaluate SPREAD images at the evenly spaced positions floor(i * N / SPREAD) of the "
+                             "N images of the split: every version of a +corrupt set (stored clean, noise, blur, "
+                             "occlusion), every class of a folder")
     v.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                    help="methods to compare: " + ", ".join(METHODS) + " (default: all)")
     v.add_argument("--thresholds", nargs="+", type=float, default=None, metavar="Q",
@@ -287,7 +292,7 @@ def eval_config(args: argparse.Namespace, model_name: str, pool: Callable[[], An
     from .evaluate import DEFAULT_PERCENTS, METHODS, EvalConfig
 
     return EvalConfig(model=model_name, window=args.window, stride=args.stride, num_samples=args.samples,
-                      seed=args.seed, dataset=dataset_label(args.dataset, args.split, args.limit),
+                      seed=args.seed, dataset=dataset_label(args.dataset, args.split, args.limit, args.spread),
                       methods=tuple(args.methods or METHODS), percents=tuple(args.thresholds or DEFAULT_PERCENTS),
                       top_k=args.top_k, rise_masks=args.rise_masks, decouple=not args.plain,
                       occlusion_value=args.occlusion_value, perturbation=args.perturbation,
@@ -301,7 +306,7 @@ def eval_config(args: argparse.Namespace, model_name: str, pool: Callable[[], An
 
 def check_common(args: argparse.Namespace, seed_minimum: int | None = None) -> None:
     """The numeric options of every command, before any work."""
-    for name in ("top_k", "chunk_size", "rounds", "limit", "pool_size", "rise_masks", "scoring_draws",
+    for name in ("top_k", "chunk_size", "rounds", "limit", "spread", "pool_size", "rise_masks", "scoring_draws",
                  "batch_size", "seeds"):
         if getattr(args, name, None) is not None:
             checks.positive_int("--" + name.replace("_", "-"), getattr(args, name))

@@ -183,7 +183,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     share = (orchestrate.join(args.coordinator_address, args.num_processes, args.process_id) if args.distributed
              else orchestrate.Share(args.process_index, args.process_count))
     full, pool_set = data.from_spec(args.dataset, args.split, args.data_dir, name="--dataset")
-    dataset = data.Subset(full, args.limit)
+    dataset = data.Subset(full, args.limit, spread=args.spread)
     if len(dataset) == 0:
         raise UsageError(f"--dataset: {args.dataset!r} split {args.split!r} has no images")
     if args.merge_only:

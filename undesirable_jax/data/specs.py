@@ -41,14 +41,32 @@ def resolve_image(spec: str, name: str = "image") -> tuple[np.ndarray, str]:
 
 
 class Subset:
-    """The first ``limit`` examples of a data set (all when None), with the set's ``ids``, ``clusters``,
-    ``groups`` (own id and ``"all"`` for a set without them) and indexing."""
+    """Some examples of a data set, with the set's ``ids``, ``clusters``, ``groups`` (own id and ``"all"``
+    for a set without them) and indexing; no image is read to choose them.
 
-    def __init__(self, dataset: Any, limit: int | None = None):
-        self.dataset, self.n = dataset, len(dataset) if limit is None else min(limit, len(dataset))
-        self.ids = tuple(dataset.ids[:self.n])
-        self.clusters = tuple(getattr(dataset, "clusters", self.ids)[:self.n])
-        self.groups = tuple(getattr(dataset, "groups", (PLAIN_GROUP,) * self.n)[:self.n])
+    ``limit``: the first ``limit`` examples (all when None). ``spread``: instead, ``spread`` examples at
+    the evenly spaced positions ``⌊i · N / spread⌋``, i = 0 … spread − 1, of a set of N (all N when
+    ``spread ≥ N``). A ``+corrupt`` set stores the split, then each corruption's copies in the same
+    order, so with ``spread`` a multiple of 4 whose quarter divides N/4 every version gets spread/4
+    images of the same source images; a folder (sorted by class) gets every class in proportion.
+    """
+
+    def __init__(self, dataset: Any, limit: int | None = None, *, spread: int | None = None):
+        if limit is not None and spread is not None:
+            raise ValueError("limit, spread: give one (the first LIMIT images, or SPREAD images spread evenly)")
+        size = len(dataset)
+        if spread is None:
+            self.positions = tuple(range(size if limit is None else min(limit, size)))
+        else:
+            n = min(int(spread), size)
+            self.positions = tuple(i * size // n for i in range(n))
+        self.dataset, self.n = dataset, len(self.positions)
+        ids = dataset.ids
+        clusters = getattr(dataset, "clusters", ids)
+        groups = getattr(dataset, "groups", None)
+        self.ids = tuple(ids[p] for p in self.positions)
+        self.clusters = tuple(clusters[p] for p in self.positions)
+        self.groups = tuple(PLAIN_GROUP if groups is None else groups[p] for p in self.positions)
         self.class_names = tuple(getattr(dataset, "class_names", ()))
 
     def __len__(self) -> int:
@@ -56,12 +74,12 @@ class Subset:
 
     def __getitem__(self, index: int) -> Example:
         if not 0 <= index < self.n:
-            raise IndexError(f"index {index} outside the first {self.n} images")
-        return self.dataset[index]
+            raise IndexError(f"index {index} outside the {self.n} images of this subset")
+        return self.dataset[self.positions[index]]
 
     def __iter__(self) -> Iterator[Example]:
-        for i in range(self.n):
-            yield self.dataset[i]
+        for p in self.positions:
+            yield self.dataset[p]
 
 
 def from_spec(spec: str, split: str = "test", data_dir: str | os.PathLike | None = None,
@@ -86,8 +104,11 @@ def from_spec(spec: str, split: str = "test", data_dir: str | os.PathLike | None
                      "folder:PATH or tfds:NAME")
 
 
-def label(spec: str, split: str, limit: int | None = None) -> str:
-    """A data set's label in a run's configuration, with the corruption levels where there are some."""
-    text = f"{spec}:{split}" + (f"[:{limit}]" if limit else "")
+def label(spec: str, split: str, limit: int | None = None, spread: int | None = None) -> str:
+    """A data set's label in a run's configuration, with the subset and the corruption levels if any.
+
+    ``[:L]``: the first L images (``Subset(limit=L)``); ``[spread S]``: S evenly spaced images.
+    """
+    text = f"{spec}:{split}" + (f"[:{limit}]" if limit else "") + (f"[spread {spread}]" if spread else "")
     base = spec.split("+")[0]
     return text + (f" {CORRUPTIONS[base]}" if spec.endswith("+corrupt") and base in CORRUPTIONS else "")

@@ -2,8 +2,8 @@
 
 - :mod:`.methods`: the evaluated methods as a registry (name → builder of signed maps).
 - :mod:`.keys`: the run's disjoint PRNG streams (build, score, rank, sanity).
-- :mod:`.removal`: which pixels (ranks, top-q% masks) and what replaces them (sampler fills, and the
-  scoring perturbations: ROAD imputation, a constant, blur).
+- :mod:`.removal`: what replaces removed pixels (sampler fills, and the scoring perturbations: ROAD
+  imputation, a constant, blur) and the classifier's probabilities after removal.
 - :mod:`.metrics`: removal gain in both orders, correction, suppression, own-perturbation scores.
 - :mod:`.baselines`: random, occlusion, RISE (centred), gradient × input, gradient × (x − r), integrated
   gradients and SmoothGrad with a reference matched to the scoring fill, Sobol attribution, model-free controls.
@@ -24,15 +24,15 @@
 from . import baselines, keys, methods, metrics, orchestrate, paste, ranking, removal, road, runner, sanity, stats, summary
 from .baselines import gradient_input, occlusion, random_maps, rise, rise_masks, signed_maps
 from .methods import BUILDERS, SignedMaps
-from .metrics import DEFAULT_PERCENTS, MapMetrics, MethodMaps, evaluate_maps
+from .metrics import DEFAULT_PERCENTS, MethodMaps
 from .ranking import rank_pixels
-from .removal import PERTURBATIONS, Perturbation, fill_image, ranks, top_masks
+from .removal import PERTURBATIONS, Perturbation, fill_image
 from .road import road_impute
 from .runner import METHODS, EvalConfig, evaluate_image, merge, run
 
 __all__ = [
-    "BUILDERS", "DEFAULT_PERCENTS", "EvalConfig", "METHODS", "MapMetrics", "MethodMaps", "PERTURBATIONS",
-    "Perturbation", "SignedMaps", "baselines", "evaluate_image", "evaluate_maps", "fill_image", "gradient_input",
-    "keys", "merge", "methods", "metrics", "orchestrate", "occlusion", "paste", "random_maps", "rank_pixels", "ranking", "ranks", "removal", "rise", "rise_masks",
-    "road", "road_impute", "run", "runner", "sanity", "signed_maps", "stats", "summary", "top_masks",
+    "BUILDERS", "DEFAULT_PERCENTS", "EvalConfig", "METHODS", "MethodMaps", "PERTURBATIONS",
+    "Perturbation", "SignedMaps", "baselines", "evaluate_image", "fill_image", "gradient_input",
+    "keys", "merge", "methods", "metrics", "orchestrate", "occlusion", "paste", "random_maps", "rank_pixels", "ranking", "removal", "rise", "rise_masks",
+    "road", "road_impute", "run", "runner", "sanity", "signed_maps", "stats", "summary",
 ]

@@ -1,21 +1,19 @@
-"""Removing pixels by a map: which pixels (ranks, top-q% masks) and what replaces them (fill images).
+"""Removing pixels by a ranking: how many, what replaces them, and the classifier's view of the result.
 
-The scoring half of the evaluation (METHOD.md §4) needs three things, kept separate as in the engine:
+The scoring half of the evaluation (METHOD.md §4). Which pixels go first is decided elsewhere:
+:func:`~undesirable_jax.evaluate.ranking.rank_pixels` orders a map (exact ties at random by a key) and
+:func:`~undesirable_jax.evaluate.ranking.pixel_ranks` gives each pixel its place (0 = removed first).
+The top ``q`` % are the pixels with ``place < round(q / 100 · H · W)`` (:func:`pixel_counts`).
 
-- *Which pixels*: :func:`ranks` orders the pixels of a map from the highest value down; ties are
-  broken deterministically by the row-major pixel index (lower index first), so a map with a flat
-  zero plateau (U_t outside the hindering regions) removes its plateau from the top-left onwards.
-  The top ``q`` % are the pixels with ``rank < round(q / 100 · H · W)``.
-- *What replaces them*: :func:`fill_image` asks a sampler for a full-image fill by tiling the image
-  with the PDA window (non-overlapping tiles; the last row/column of tiles is shifted inward, as on
-  the engine's grid) and calling ``sampler.fill`` once per tile. What removal means per sampler:
-  ``constant`` — the constant colour; ``blur`` — the image's own blurred pixels; ``marginal`` — the
-  pixels at the same place in a pool image (drawn per tile from the key, or ``sample % M`` without
-  shuffle); ``conditional_gaussian`` — each tile drawn conditioned on the untouched pixels around it
-  (the original image, not the other removed pixels: an approximation for large masks).
-- *The classifier's view*: :func:`mixture_probs` classifies images that take the top pixels of a map
-  from one source and the rest from another (removal: the fill replaces the top pixels; insertion:
-  the image's own top pixels are put back onto the fill), in fixed-size jitted chunks.
+- *Sampler fills* (a method's own construction perturbation): :func:`fill_image` asks a sampler for a
+  full-image fill by tiling the image with the PDA window (non-overlapping tiles; the last row/column
+  of tiles is shifted inward, as on the engine's grid) and calling ``sampler.fill`` once per tile. What
+  removal means per sampler: ``constant`` — the constant colour; ``blur`` — the image's own blurred
+  pixels; ``marginal`` — the pixels at the same place in a pool image (drawn per tile from the key, or
+  ``sample % M`` without shuffle); ``conditional_gaussian`` — each tile drawn conditioned on the
+  untouched pixels around it (the original image, not the other removed pixels: an approximation for
+  large masks). :func:`mixture_probs` classifies images that take their first-ranked pixels from such a
+  fill and the rest from the image, in fixed-size jitted chunks.
 - *Scoring perturbations*: :class:`Perturbation` replaces a removed-pixel mask in one of three ways
   (``road``: ROAD's noisy linear imputation from the kept neighbours, :func:`road_impute`;
   ``constant``: one value, e.g. the data mean; ``blur``: the image's own Gaussian-blurred pixels), and
@@ -42,27 +40,9 @@ from .road import road_impute
 PERTURBATIONS = ("road", "constant", "blur")
 
 
-def ranks(maps: jnp.ndarray) -> jnp.ndarray:
-    """Rank of every pixel of ``maps [..., H, W]`` (0 = highest value), flattened to ``[..., H·W]``.
-
-    Ties: the lower row-major pixel index ranks first. Maps must be finite (checked by callers).
-    """
-    flat = maps.reshape(*maps.shape[:-2], -1)
-    order = jnp.argsort(-flat, axis=-1, stable=True)
-    return jnp.argsort(order, axis=-1).astype(jnp.int32)
-
-
 def pixel_counts(percents: Any, num_pixels: int) -> jnp.ndarray:
     """How many pixels the top ``percents`` % of an image of ``num_pixels`` pixels are (rounded)."""
     return jnp.round(jnp.asarray(percents, jnp.float32) / 100.0 * num_pixels).astype(jnp.int32)
-
-
-def top_masks(maps: jnp.ndarray, percents: Any) -> jnp.ndarray:
-    """``[..., Q, H, W]`` bool: the top ``percents[q]`` % pixels of each map (see :func:`ranks`)."""
-    h, w = maps.shape[-2:]
-    r = ranks(maps)
-    counts = pixel_counts(percents, h * w)
-    return (r[..., None, :] < counts[:, None]).reshape(*maps.shape[:-2], counts.shape[0], h, w)
 
 
 def fill_image(sampler: Sampler, image: jnp.ndarray, window: int, key: jax.Array,
@@ -99,7 +79,8 @@ def mixture_probs(classifier: Classifier, keep: jnp.ndarray, put: jnp.ndarray, p
     Args:
       classifier: a :class:`Classifier` (traced through ``jit``).
       keep, put: ``[N, S, H, W, C]``: per image, S source pairs (e.g. S fill samples).
-      pixel_ranks: ``[N, J, H·W]`` from :func:`ranks`: J maps per image.
+      pixel_ranks: ``[N, J, H·W]``: each pixel's place in J rankings per image
+        (:func:`~undesirable_jax.evaluate.ranking.pixel_ranks`, 0 = taken first).
       counts: ``[F]`` pixel counts: image (n, j, f, s) takes pixel i from ``put`` when
         ``pixel_ranks[n, j, i] < counts[f]``.
       batch_size: images per classifier call (results do not depend on it beyond rounding).

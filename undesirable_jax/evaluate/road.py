@@ -4,13 +4,16 @@ A removed pixel ``i`` takes the weighted mean of its in-image 8-neighbours ``j``
 ``x_i = Σ_j w_ij x_j / Σ_j w_ij`` (``w = 1/6`` for the 4 edge neighbours, ``1/12`` for the 4 diagonal
 ones), where the kept pixels are fixed and the removed ones are unknowns; each channel is solved on its
 own. Multiplying by the degree ``d_i = Σ_j w_ij`` gives ``(D − W)_RR x_R = W_RK x_K``: the graph
-Laplacian restricted to the removed pixels ``R``. On a connected region of removed pixels that touches a
-kept pixel this matrix is irreducibly diagonally dominant, hence symmetric positive definite, and
-conjugate gradient (matrix-free, a few shifted adds per step) solves it. A region that touches no kept
-pixel has no boundary value: its block is singular and every constant solves it. Such regions take the
-per-channel mean of the kept pixels (of the whole image when nothing is kept). They are found exactly,
-by flooding the kept set through removed pixels until it stops growing, and are held out of the solve
-(identity rows), so the solved system is SPD whatever the mask.
+Laplacian restricted to the removed pixels ``R``. Every 8-connected region of removed pixels touches a
+kept pixel unless it is the whole image: its in-image 8-neighbours outside it cannot be removed (the
+region would include them), so they are kept, and a region with no outside neighbour is the whole
+image (tests/test_evaluate_road.py checks this on random masks).
+So while any pixel is kept, every block of the matrix is irreducibly diagonally dominant, hence
+symmetric positive definite, and conjugate gradient (matrix-free, a few shifted adds per step, Jacobi
+preconditioner ``1/d_i``, started from ``W_RK x_K / d``) solves it; no region needs finding. Kept pixels
+are identity rows of the operator with right-hand side 0 and get their own values back afterwards.
+When every pixel is removed there is no boundary value (the right-hand side is 0 and CG returns 0 at
+once) and each channel takes the mean of the original image instead.
 
 Last, Gaussian noise of standard deviation ``noise`` is added to the removed pixels only; kept pixels
 are returned bitwise unchanged. The key drives the noise alone.
