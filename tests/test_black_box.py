@@ -177,7 +177,7 @@ def test_vmap_and_probabilities_outputs(setup):
     p, image, _, _ = setup
     fn = numpy_net(p)
     probs = uj.black_box(lambda x: jax.nn.softmax(fn(x)), num_classes=K, outputs="probs")
-    logits = uj.black_box(fn, num_classes=K)
+    logits = uj.black_box(fn, num_classes=K, outputs="logits")   # .probs directly: no image to decide "auto" on
     x = jnp.asarray(np.stack([image, image * 0.5, -image]))[None].repeat(2, axis=0)  # [2, 3, H, W, C]
     a = jax.vmap(probs.probs)(x)
     b = jax.vmap(logits.probs)(x)

@@ -80,7 +80,13 @@ def _model(args: argparse.Namespace) -> Any:
 
     return resolve(args.model, args.weights, ExternalOptions(
         class_names=args.class_names, preprocess=args.preprocess, input_size=args.input_size,
-        resize=args.resize, mean=args.mean, std=args.std))
+        resize=args.resize, mean=args.mean, std=args.std, outputs=args.outputs, input_layout=args.input_layout))
+
+
+def _outputs_line(declared: str, decided: str, where: str) -> str:
+    """What the CLI prints about the classifier's outputs: the given value, or what "auto" decided."""
+    return (f"model outputs: {decided} (auto: decided from its output on {where})" if declared == "auto"
+            else f"model outputs: {decided}")
 
 
 def _sampler(args: argparse.Namespace, pool: Callable[[], Any], key: Any) -> Any:
@@ -164,6 +170,7 @@ def run_explain(args: argparse.Namespace) -> int:
                  for alpha in (None, args.alpha))
     report.save_explained(args, model, raw, image, expl, f, None if args.alpha is None else masked, image_name, paths)
     report.explained(model, image_name, expl, f, top_classes(expl.probs, model.class_names, args.top_k + 1))
+    print(_outputs_line(model.classifier.outputs, expl.outputs, image_name))
     print(f"figure: {paths[0]}\narrays: {paths[1]}\ntime: {time.perf_counter() - t0:.1f} s")
     return 0
 
@@ -177,6 +184,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from . import data
+    from .classifiers import resolve_outputs
     from .evaluate import orchestrate
 
     out = options.check_evaluate_args(args)
@@ -199,7 +207,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
                              for i in range(min(args.pool_size, len(pool_set)))])
     sampler = _sampler(args, pool, jax.random.fold_in(jax.random.key(args.seed), 1))
     config, t0 = options.eval_config(args, model.name, pool), time.perf_counter()
-    merged = orchestrate.run_share(out, dataset, model.classifier, config, sampler, share,
+    clf = resolve_outputs(model.classifier, _preprocessed(model, dataset[0].image))   # once, for the config record
+    print(_outputs_line(model.classifier.outputs, clf.outputs, f"image {dataset[0].id!r}"))
+    merged = orchestrate.run_share(out, dataset, clf, config, sampler, share,
                                    preprocess=lambda raw: _preprocessed(model, raw), chunk_size=args.chunk_size,
                                    batch_size=args.batch_size, progress=not args.no_progress, mesh=_mesh(args))
     report.evaluated(out, config, model.name, time.perf_counter() - t0, merged, share.joined)

@@ -35,7 +35,9 @@ class ExternalOptions:
     ``class_names``: a text file, one name per line. ``preprocess``: a JSON file with any of
     ``size`` ([h, w]), ``resize`` (short side before the centre crop, or null), ``mean``, ``std`` (per
     channel, on the 0..255 scale), ``grayscale``, ``resample``. ``input_size``, ``resize``, ``mean``,
-    ``std``: the same, overriding the file.
+    ``std``: the same, overriding the file. ``outputs``: what the model returns (None: "auto", decided
+    from its output on the image). ``input_layout``: "NCHW" / "NHWC" (None: NCHW for torch, the
+    graph's for ONNX).
     """
 
     class_names: str | os.PathLike | None = None
@@ -44,6 +46,8 @@ class ExternalOptions:
     resize: int | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    outputs: str | None = None
+    input_layout: str | None = None
 
     def given(self) -> list[str]:
         """The names of the options that were set."""
@@ -66,26 +70,49 @@ def import_function(spec: str) -> Callable:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         raise ValueError(f"--model: cannot import module {module_name!r} ({e}); run from its folder or install it")
+    except Exception as e:  # noqa: BLE001 - any error the user's module raises at import, in one line
+        raise ValueError(f"--model: importing module {module_name!r} failed with {type(e).__name__}: {e}; "
+                         f"{_fix_hint(e, 'fix the module')}") from e
     fn = getattr(module, func_name, None)
     if not callable(fn):
         raise ValueError(f"--model: module {module_name!r} has no function {func_name!r}")
     return fn
 
 
+def call_model_function(fn: Callable, spec: str, weights: str | os.PathLike | None) -> Any:
+    """``fn()`` or ``fn(weights)`` for ``--model spec``; whatever it raises becomes one ValueError."""
+    try:
+        return fn() if weights is None else fn(weights)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's loader; its error in one line, with the likely fix
+        raise ValueError(f"--model: {spec}({'' if weights is None else repr(str(weights))}) raised "
+                         f"{type(e).__name__}: {e}; {_fix_hint(e, 'fix the function')}") from e
+
+
+def _fix_hint(error: BaseException, default: str) -> str:
+    """CUDA missing, or ``default``."""
+    from ..black_boxes import call_hint
+
+    hint = call_hint(error)
+    return default if hint.startswith("fix the function") else hint
+
+
 def load_external(spec: str, weights: str | os.PathLike | None, options: ExternalOptions) -> LoadedModel:
     """``--model`` for an ONNX file or ``torch:MODULE:FUNCTION`` → a :class:`LoadedModel`."""
     from .. import black_boxes
 
+    outputs = options.outputs or "auto"
     if spec.startswith("torch:"):
         fn = import_function(spec[len("torch:"):])
-        module = fn() if weights is None else fn(weights)
-        clf = black_boxes.from_torch(module, name=spec)
+        module = call_model_function(fn, spec, weights)
+        clf = black_boxes.from_torch(module, name=spec, outputs=outputs, input_layout=options.input_layout or "NCHW")
         prep = preprocessor(options, None)
         name, source = spec, str(weights) if weights is not None else spec
     else:
         if weights is not None:
             raise ValueError("--weights: an ONNX file carries its weights; drop --weights")
-        clf = black_boxes.from_onnx(spec)
+        clf = black_boxes.from_onnx(spec, outputs=outputs, input_layout=options.input_layout)
         prep = preprocessor(options, _declared_input(clf))
         name, source = Path(spec).stem, os.fspath(spec)
     k = clf.fn.classes_for(_host_shape(clf, prep.input_shape))
