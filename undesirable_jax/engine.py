@@ -462,9 +462,12 @@ def _check_image(image: Any) -> jnp.ndarray:
         arr = jnp.asarray(image)
     except TypeError as e:
         raise TypeError(f"image: expected a numeric array [H, W, C], got {type(image).__name__}") from e
+    if arr.ndim == 2:
+        raise ValueError(f"image: expected one image [H, W, C], got shape {arr.shape} without a channel axis; "
+                         "add one: image[..., None]")
     if arr.ndim != 3:
         raise ValueError(f"image: expected one image [H, W, C], got shape {arr.shape}; "
-                         "for a batch, call explain once per image")
+                         + ("for a batch, call explain once per image" if arr.ndim == 4 else "pass [H, W, C]"))
     if not (jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)):
         raise TypeError(f"image: expected a float array, got dtype {arr.dtype}")
     arr = arr.astype(jnp.float32)

@@ -8,7 +8,8 @@ What a Flax ``LoadedModel`` carries itself comes from :class:`ExternalOptions`: 
 file, one name per line; default ImageNet's when K = 1000, else ``class_0 …``) and the preprocessing
 (a :class:`~undesirable_jax.data.Preprocessor`: torchvision's ImageNet recipe by default; a JSON file
 with its fields, then the size / resize / mean / std options on top). An ONNX graph that declares its
-input size sets the default size and channels.
+input size sets the default size and channels; any input size is reached as torchvision's recipe
+does, the short side resized to ``int(side / 0.875)`` and a centre crop (256 → 224 for 224²).
 """
 
 from __future__ import annotations
@@ -187,9 +188,10 @@ def preprocessor(options: ExternalOptions, declared: tuple[int, int, int] | None
     return prep
 
 
-def _default_resize(size: tuple[int, ...]) -> int | None:
-    """ImageNet's 256 → 224 centre crop for 224², a plain resize to the input size otherwise."""
-    return TORCHVISION.resize if tuple(size) == TORCHVISION.size else None
+def _default_resize(size: tuple[int, ...]) -> int:
+    """The short side before the centre crop, in ImageNet's ratio 224 / 256: ``int(max(h, w) / 0.875)``
+    (256 for 224²), so any input size keeps the aspect ratio instead of being squashed."""
+    return int(max(size) / 0.875)
 
 
 def _read_json(path: str | os.PathLike) -> dict[str, Any]:
