@@ -81,7 +81,7 @@ def onnx_classifier(path: Any, *, providers: Any, input_layout: str | None, outp
     if input_layout is None:
         if declared is None:
             raise ValueError(f"input_layout: the graph's input {spec.name!r} has shape {spec.shape}, which does "
-                             'not say its layout; pass input_layout="NCHW" or "NHWC"')
+                             'not say its layout; pass input_layout="NCHW" or "NHWC" (CLI: --input-layout)')
         input_layout = declared
     elif declared is not None and declared != input_layout:
         raise ValueError(f"input_layout: {input_layout!r} contradicts the graph's input shape {spec.shape} "

@@ -32,8 +32,9 @@ _LAYOUTS = ("NHWC", "NCHW")
 #: Most classes a black box may have: 2^20 (ImageNet-21k has 21,843). Class names, the engine's
 #: [chunk, K] outputs and the [K, H, W] evidence all grow with K; 2^31 would need many gigabytes.
 MAX_CLASSES = 2**20
-#: Most bytes of one fixed-size batch a model file may demand (the host copy of its float32 input).
-MAX_FIXED_BATCH_BYTES = 2**31
+#: Most bytes of one fixed-size batch a model file may demand (its float32 input): the engine's chunk
+#: budget (:data:`undesirable_jax.engine.CHUNK_BYTES`), as the default chunk is then the fixed batch.
+MAX_FIXED_BATCH_BYTES = 2**29
 #: Most pixels of one model input a model file may declare (4096²); larger images need gigabytes a chunk.
 MAX_INPUT_PIXELS = 2**24
 

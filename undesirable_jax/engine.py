@@ -39,9 +39,9 @@ from .samplers import Sampler
 from .windows import WindowGrid
 
 DEFAULT_CHUNK = 256
-#: Memory budget of one chunk's perturbed images a device when ``chunk_size`` is not given: 1 GiB
-#: (256 images up to 1 MiB each, 224² RGB float32 is 0.6 MiB; a 2048² image gets 21 a chunk).
-CHUNK_BYTES = 2**30
+#: Memory budget of one chunk's perturbed images a device when ``chunk_size`` is not given: 512 MiB
+#: (256 images of up to 2 MiB each: 224² RGB float32 is 0.6 MiB; a 2048² RGB image gets 10 a chunk).
+CHUNK_BYTES = 2**29
 
 
 @struct.dataclass
@@ -427,14 +427,16 @@ def plan_chunk(chunk_size: int | None, total: int, devices: int, item_bytes: int
     and balanced so the steps needed for ``total`` pairs carry the least padding.
 
     ``fixed_batch``: the one batch size a black box accepts; the default chunk is then a multiple of
-    it (within the memory budget), so the calls are full instead of padded. An explicit
+    it on each device (as many as the budget allows, at least one), so the calls are full instead of
+    padded (the model file's fixed batch was checked against the same budget when it was loaded). An explicit
     ``chunk_size`` whose images would not fit in this machine's memory is refused naming one that does.
     """
     per_device = max(1, CHUNK_BYTES // item_bytes) if item_bytes else DEFAULT_CHUNK
     if chunk_size is None:
         limit = min(DEFAULT_CHUNK, per_device) * devices
-        if fixed_batch is not None and limit < fixed_batch <= per_device * devices:
-            limit = fixed_batch
+        if fixed_batch is not None:   # whole calls of the fixed batch on each device, no more than needed
+            per_call = fixed_batch * devices
+            return per_call * min(max(1, limit // per_call), -(-total // per_call))
     else:
         limit = checks.positive_int("chunk_size", chunk_size)
         if limit % devices:
