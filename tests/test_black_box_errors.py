@@ -77,6 +77,19 @@ def onnx_graph(path: Path, *, head: str | None = None, in_shape=("N", C, H, W), 
     return path
 
 
+def mean_graph(path: Path, in_shape, axes=(2, 3)) -> Path:
+    """The channel means (ReduceMean over ``axes``) times a [C, K] matrix: valid for any image size."""
+    nodes = [helper.make_node("ReduceMean", ["x"], ["m"], axes=list(axes), keepdims=0),
+             helper.make_node("MatMul", ["m", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "mean", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", K])],
+                              [numpy_helper.from_array(WEIGHTS[:C], "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
 def explain(clf, image=IMAGE, **kw):
     return uj.explain(clf, image, window=4, stride=2, sampler=samplers.constant(0.0), num_samples=1,
                       key=jax.random.key(0), **kw)
@@ -294,7 +307,7 @@ MEMORY_CHILD = textwrap.dedent("""
 def test_absurd_declared_sizes_are_refused_within_500_mb(tmp_path):
     wide = onnx_graph(tmp_path / "wide.onnx", out_shape=("N", 2**31))
     huge_batch = onnx_graph(tmp_path / "batch.onnx", in_shape=(2**31 - 1, C, H, W), out_shape=(2**31 - 1, K))
-    big_input = onnx_graph(tmp_path / "big.onnx", in_shape=("N", C, 5000, 5000))
+    big_input = mean_graph(tmp_path / "big.onnx", ("N", C, 5000, 5000))
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(wide), str(huge_batch), str(big_input)],
                           capture_output=True, text=True, env=env, timeout=300)
@@ -377,14 +390,7 @@ def test_input_layout_option(tmp_path, capsys):
     """A graph whose input shape does not show its layout: refused with advice the CLI can follow."""
     from undesirable_jax import cli
 
-    nodes = [helper.make_node("ReduceMean", ["x"], ["m"], axes=[1, 2], keepdims=0),
-             helper.make_node("MatMul", ["m", "w"], ["y"])]
-    graph = helper.make_graph(nodes, "nhwc", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "h", "w", "c"])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", K])],
-                              [numpy_helper.from_array(WEIGHTS[:C], "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(tmp_path / "nhwc.onnx"))
+    mean_graph(tmp_path / "nhwc.onnx", ["N", "h", "w", "c"], axes=(1, 2))
     base = ["explain", "chelsea", "--model", str(tmp_path / "nhwc.onnx"), "--input-size", "8", "--window", "4",
             "--stride", "4", "--sampler", "constant", "--top-k", "1", "--no-progress", "--out-dir", str(tmp_path)]
     assert cli.main(base) == 2

@@ -86,7 +86,7 @@ def onnx_classifier(path: Any, *, providers: Any, input_layout: str | None, outp
     elif declared is not None and declared != input_layout:
         raise ValueError(f"input_layout: {input_layout!r} contradicts the graph's input shape {spec.shape} "
                          f"({declared}); drop the argument or fix it")
-    out_shape = list(outs[0].shape)
+    out_shape = _merged(list(outs[0].shape), declared_output(path))
     graph_k = out_shape[1] if len(out_shape) == 2 and isinstance(out_shape[1], int) else None
     if num_classes is not None and graph_k is not None and num_classes != graph_k:
         raise ValueError(f"num_classes: {num_classes} contradicts the graph's output shape {out_shape}")
@@ -111,6 +111,8 @@ _LOAD_HINTS = (
       "unrecognized attribute", "opset"),
      "the graph uses an operator (or opset) this ONNX Runtime does not implement; re-export with a supported "
      "opset and standard operators, or upgrade onnxruntime"),
+    (("shapeinferenceerror", "unification", "typeinferenceerror", "invalid_graph", "invalid graph"),
+     "the graph is inconsistent (its shapes or types do not fit together); export it again"),
     (("protobuf", "no graph", "model_path", "parse", "load model"),
      "the file is empty, truncated or not an ONNX model; export or download it again"),
 )
@@ -118,8 +120,11 @@ _LOAD_HINTS = (
 
 def _session(ort: Any, path: str, providers: Any) -> Any:
     """An ``InferenceSession`` of ``path``; any failure becomes one ValueError naming the file and the fix."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3   # errors only: Runtime's warnings would add lines to a one-line error
     try:
-        return ort.InferenceSession(path, providers=list(providers) if providers else ort.get_available_providers())
+        return ort.InferenceSession(path, sess_options=options,
+                                    providers=list(providers) if providers else ort.get_available_providers())
     except Exception as e:  # noqa: BLE001 - ONNX Runtime's own error classes; reported with the cause
         text = " ".join(str(e).split())
         low = text.lower()
@@ -137,6 +142,25 @@ def file_sha256(path: str) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()
+
+
+def _merged(inferred: list[Any], declared: list[Any]) -> list[Any]:
+    """The output shape ONNX Runtime reports, with the graph's declared sizes where it reports none
+    (Runtime drops a declared size its own shape inference disagrees with)."""
+    if len(declared) != len(inferred):
+        return inferred
+    return [i if isinstance(i, int) else d for i, d in zip(inferred, declared)]
+
+
+def declared_output(path: str) -> list[Any]:
+    """The first output's shape as the graph file declares it (ints, None where symbolic); [] without onnx."""
+    try:
+        import onnx
+    except ImportError:
+        return []
+    model = onnx.load(path, load_external_data=False)
+    dims = model.graph.output[0].type.tensor_type.shape.dim if model.graph.output else []
+    return [d.dim_value if d.HasField("dim_value") else None for d in dims]
 
 
 def _external_files(path: str) -> list[str]:
