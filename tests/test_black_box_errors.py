@@ -202,6 +202,13 @@ def _bad_models(tmp: Path) -> dict[str, tuple[str, str]]:
     model.graph.node.append(custom)
     model.opset_import.append(helper.make_opsetid("my.domain", 1))
     onnx.save(model, str(tmp / "custom.onnx"))
+    reshape = [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("Reshape", ["f", "s"], ["y"])]
+    g = helper.make_graph(reshape, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", C, H, W])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", K])],
+                          [numpy_helper.from_array(np.array([-1, 7], np.int64), "s")])   # 192 values: not 7s
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(tmp / "fails.onnx"))
     onnx_graph(tmp / "external.onnx", external=True)
     (tmp / "external.onnx.data").unlink()
     for name, text in (("cuda_only", CUDA_ONLY), ("broken_import", BROKEN_IMPORT), ("interrupted", INTERRUPTED)):
@@ -210,6 +217,7 @@ def _bad_models(tmp: Path) -> dict[str, tuple[str, str]]:
             "text": (str(tmp / "text.onnx"), "text.onnx"), "truncated": (str(tmp / "truncated.onnx"), "truncated.onnx"),
             "unknown op": (str(tmp / "custom.onnx"), "operator"),
             "external data missing": (str(tmp / "external.onnx"), "external-data"),
+            "graph fails at run time": (str(tmp / "fails.onnx"), "ONNX Runtime failed"),
             "torch import fails": ("torch:broken_import:build", "broken_import"),
             "torch needs CUDA": ("torch:cuda_only:build", "CUDA"),
             "Ctrl-C in a torch call": ("torch:interrupted:build", "interrupted")}
@@ -222,6 +230,7 @@ def bad_models(tmp_path_factory):
 
 
 @pytest.mark.parametrize("case", ["empty", "garbage", "text", "truncated", "unknown op", "external data missing",
+                                  "graph fails at run time",
                                   "torch import fails", "torch needs CUDA", "Ctrl-C in a torch call"])
 def test_every_bad_model_is_one_error_line_exit_2(bad_models, case):
     tmp, cases = bad_models

@@ -57,7 +57,12 @@ class OnnxForward:
             raise BlackBoxError(f"{self.name}: the graph takes images of shape {self.declared} (after the batch "
                                 f"axis) but got {got}; preprocess the image to that size (the CLI does so from "
                                 "the graph; in Python: undesirable_jax.data.Preprocessor(size=...))")
-        out = self.session.run([self.output_name], {self.input_name: x.astype(self.dtype, copy=False)})[0]
+        try:
+            out = self.session.run([self.output_name], {self.input_name: x.astype(self.dtype, copy=False)})[0]
+        except Exception as e:  # noqa: BLE001 - ONNX Runtime's own error classes, in one message
+            raise BlackBoxError(f"{self.name}: ONNX Runtime failed on a batch of {x.shape[0]} images of shape {got} "
+                                f"({type(e).__name__}: {' '.join(str(e).split())[:400]}); the graph cannot run on "
+                                "this input: check the input size and type it expects, or export it again") from e
         return np.asarray(out, np.float32)
 
 
@@ -121,7 +126,7 @@ _LOAD_HINTS = (
 def _session(ort: Any, path: str, providers: Any) -> Any:
     """An ``InferenceSession`` of ``path``; any failure becomes one ValueError naming the file and the fix."""
     options = ort.SessionOptions()
-    options.log_severity_level = 3   # errors only: Runtime's warnings would add lines to a one-line error
+    options.log_severity_level = 4   # fatal only: its warnings and error logs would add lines to the one-line error
     try:
         return ort.InferenceSession(path, sess_options=options,
                                     providers=list(providers) if providers else ort.get_available_providers())

@@ -167,11 +167,14 @@ class HostFunction:
 
 
 def call_hint(error: BaseException) -> str:
-    """The likely fix for a black box's error: CUDA missing, else fix the function."""
+    """The likely fix for a black box's error: CUDA missing, a shape the model does not take, else fix it."""
     text = str(error)
     if "CUDA" in text or "cuda" in text:
         return ("the model needs CUDA, which this machine lacks: load it on the CPU (map_location='cpu', no "
                 ".cuda() / device='cuda')")
+    if any(w in text for w in ("shape", "size mismatch", "sizes", "dimension")):
+        return ("the model may take another input size or layout: give the size it was trained on (CLI: "
+                "--input-size, --input-layout; in Python: preprocess to that size), or fix the function")
     return "fix the function and run again"
 
 

@@ -111,7 +111,8 @@ def decide_outputs(row: Any, outputs: str = "auto") -> str:
     fits = {"probs": prob_gap <= PROB_SUM_TOLERANCE, "log_probs": log_gap <= PROB_SUM_TOLERANCE,
             "logits": looks != "probs"}[outputs]
     if not fits:
-        raise ValueError(f"classifier: outputs={outputs!r} was given, but its output on the image looks like "
+        what = "is not a distribution and " if outputs == "probs" else ""
+        raise ValueError(f"classifier: outputs={outputs!r} was given, but its output on the image {what}looks like "
                          f"{looks} ({about}); pass outputs={looks!r} or outputs='auto'")
     return outputs
 
@@ -140,9 +141,12 @@ def resolve_outputs(classifier: Any, image: Any) -> Classifier:
 def raw_output(clf: Classifier, image: jnp.ndarray) -> jnp.ndarray:
     """The classifier's own output [K] (float32, no softmax) on one image [H, W, C]."""
     out = clf(image[None])
-    if not isinstance(out, (jax.Array, np.ndarray)) or out.ndim != 2 or out.shape[0] != 1:
-        raise ValueError(f"classifier: must map images [N, H, W, C] to [N, K], got "
-                         f"{getattr(out, 'shape', type(out).__name__)} for input {(1, *image.shape)}")
+    if not isinstance(out, (jax.Array, np.ndarray)):
+        raise TypeError(f"classifier: must return an array [N, K], got {type(out).__name__}; return the logits "
+                        "(or probabilities) array itself (not None, a tuple or a dict)")
+    if out.ndim != 2 or out.shape[0] != 1:
+        raise ValueError(f"classifier: must map images [N, H, W, C] to [N, K], got output shape {out.shape} "
+                         f"for input {(1, *image.shape)}")
     return out[0].astype(jnp.float32)
 
 
