@@ -473,6 +473,8 @@ def test_cli_default_preprocessing_keeps_the_aspect_ratio_and_warns_on_0_1_scale
     raw = uj.data.sample_image("chelsea")    # 451×300: short side 128, long int(128·451/300) = 192
     out = prep(raw)
     assert out.resized_shape == (128, 192) and out.crop_box == (8, 40, 112, 112)
+    with pytest.raises(ValueError, match=r"at least 25,000,000 pixels.*at most 4096"):   # no crash in the message
+        uj.data.Preprocessor(size=(5000, 5000), resize=None, mean=(0.0,) * 3, std=(1.0,) * 3)
     with pytest.warns(uj.data.PreprocessWarning, match="0..1 scale"):
         uj.data.Preprocessor(size=(8, 8), resize=None, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     from undesirable_jax import cli
@@ -490,3 +492,39 @@ def test_cli_default_preprocessing_keeps_the_aspect_ratio_and_warns_on_0_1_scale
 def test_imagenet_classes_is_public():
     names = uj.data.imagenet_classes()
     assert len(names) == 1000 and names[281].startswith("tabby")
+
+
+def test_evaluate_resume_with_a_replaced_onnx_file_is_refused(tmp_path, capsys):
+    """`evaluate --model m.onnx`, then m.onnx replaced by another model, then `--resume`: refused naming
+    model_sha256 (before, 38 of 60 results came from the second model without a word)."""
+    from undesirable_jax import cli
+
+    rng = np.random.default_rng(3)
+
+    def digits_graph(scale: float) -> None:
+        w = (rng.normal(size=(64, 10)) * 0.01 * scale).astype(np.float32)
+        nodes = [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("Gemm", ["f", "w", "b"], ["z"]),
+                 helper.make_node("Softmax", ["z"], ["y"], axis=-1)]
+        graph = helper.make_graph(nodes, "digits", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 8, 8])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])],
+                                  [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(10, np.float32), "b")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        onnx.save(model, str(tmp_path / "m.onnx"))
+
+    names = tmp_path / "digits.txt"
+    names.write_text("\n".join(str(i) for i in range(10)) + "\n")
+    args = ["evaluate", "--dataset", "digits", "--limit", "1", "--model", str(tmp_path / "m.onnx"), "--class-names",
+            str(names), "--mean", "0", "--std", "16", "--window", "4", "--stride", "4", "--methods", "random",
+            "--seeds", "1", "--scoring-draws", "1", "--thresholds", "10", "--out", str(tmp_path / "run"),
+            "--no-progress", "--compile-cache", "off"]
+    digits_graph(1.0)
+    assert cli.main(args) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "model outputs: probs (auto: decided from its output on image" in out
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["outputs"] == "probs" and len(config["model_sha256"]) == 64
+    digits_graph(2.0)
+    assert cli.main(args + ["--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "model_sha256: stored" in err and len(err.strip().splitlines()) == 1

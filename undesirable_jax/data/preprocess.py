@@ -115,6 +115,11 @@ class Preprocessor:
             raise ValueError(f"size: expected (h, w) with h, w >= 1, got {self.size!r}")
         if self.resize is not None and self.resize < max(self.size):
             raise ValueError(f"resize: the short side {self.resize} must be >= the crop {self.size}")
+        least = self.resize ** 2 if self.resize is not None else self.size[0] * self.size[1]
+        if least > MAX_RESIZED_PIXELS:
+            raise ValueError(f"size/resize: the model input {self.size} (short side {self.resize}) needs a resized "
+                             f"image of at least {least:,} pixels, more than {MAX_RESIZED_PIXELS:,}; use a smaller "
+                             "input size or short side (at most 4096)")
         channels = 1 if self.grayscale else 3
         if len(self.mean) != channels or len(self.std) != channels or min(self.std) <= 0:
             raise ValueError(f"mean/std: expected {channels} values each (std > 0), got {self.mean!r}, {self.std!r}")
