@@ -177,7 +177,7 @@ def test_vmap_and_probabilities_outputs(setup):
     p, image, _, _ = setup
     fn = numpy_net(p)
     probs = uj.black_box(lambda x: jax.nn.softmax(fn(x)), num_classes=K, outputs="probs")
-    logits = uj.black_box(fn, num_classes=K)
+    logits = uj.black_box(fn, num_classes=K, outputs="logits")   # .probs directly: no image to decide "auto" on
     x = jnp.asarray(np.stack([image, image * 0.5, -image]))[None].repeat(2, axis=0)  # [2, 3, H, W, C]
     a = jax.vmap(probs.probs)(x)
     b = jax.vmap(logits.probs)(x)
@@ -360,7 +360,7 @@ def test_cli_explains_with_a_torch_function(tmp_path, capsys, monkeypatch):
     saved = np.load(next(tmp_path.glob("chelsea-*.npz")))
     x = saved["image"]
     raw = uj.data.sample_image("chelsea")
-    np.testing.assert_allclose(x, uj.data.Preprocessor(size=(8, 8), resize=None, mean=(127.0,) * 3,
+    np.testing.assert_allclose(x, uj.data.Preprocessor(size=(8, 8), resize=9, mean=(127.0,) * 3,  # int(8 / 0.875)
                                                        std=(64.0,) * 3, resample="bilinear")(raw).image)
     sys.modules.pop("my_torch_model", None)
     import my_torch_model

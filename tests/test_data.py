@@ -53,9 +53,11 @@ def test_imagenet_preprocess_matches_a_direct_pillow_pipeline():
     raw = data.sample_image("chelsea")  # 300 x 451
     p = data.EFFICIENTNET_LITE(raw)
     assert p.image.shape == (224, 224, 3) and p.image.dtype == np.float32
-    assert p.original_shape == (300, 451) and p.resized_shape == (256, 385)
-    assert p.crop_box == ((256 - 224) // 2, (385 - 224) // 2, 224, 224)
-    im = Image.fromarray(raw).resize((385, 256), Image.BICUBIC)
+    # torchvision's Resize(256): long side int(256 * 451 / 300) = int(384.85) = 384 (truncated, not 385);
+    # CenterCrop(224): corner int(round((384 - 224) / 2)) = 80.
+    assert p.original_shape == (300, 451) and p.resized_shape == (256, 384)
+    assert p.crop_box == (16, 80, 224, 224)
+    im = Image.fromarray(raw).resize((384, 256), Image.BICUBIC)
     want = (np.asarray(im, np.float32)[16:240, 80:304] - 127.0) / 128.0
     np.testing.assert_array_equal(p.image, want)
 

@@ -66,6 +66,12 @@ def model_options(default: str = DEFAULT_MODEL) -> argparse.ArgumentParser:
     x.add_argument("--resize", type=int, default=None, help="short side before the centre crop to the input size")
     x.add_argument("--mean", type=float, nargs="+", default=None, help="per-channel mean on the 0..255 scale")
     x.add_argument("--std", type=float, nargs="+", default=None, help="per-channel std on the 0..255 scale")
+    x.add_argument("--outputs", choices=("auto", "logits", "probs", "log_probs"), default=None,
+                   help="what the model returns; default auto: decided from its output on the (first) image "
+                        "(rows in [0, 1] summing to 1: probs; rows <= 0 with logsumexp 0: log_probs; else logits) "
+                        "and printed; a value the output contradicts is an error")
+    x.add_argument("--input-layout", choices=("NCHW", "NHWC"), default=None,
+                   help="the model's input layout; default: NCHW for torch, read from the graph's input shape for ONNX")
     return p
 
 

@@ -33,7 +33,8 @@ def save_explained(args: argparse.Namespace, model: Any, raw: Any, image: Any, e
                 alpha=np.nan if args.alpha is None else args.alpha,
                 significant_target=np.full(f.target.shape, True) if masked is None else
                 np.asarray(masked.target) >= np.asarray(f.target),
-                model=model.name, sampler=args.sampler, class_names=np.asarray(model.class_names))
+                model=model.name, sampler=args.sampler, class_names=np.asarray(model.class_names),
+                outputs=expl.outputs)
 
 
 def _settings_title(args: argparse.Namespace, expl: Any) -> str:

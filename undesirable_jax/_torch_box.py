@@ -10,6 +10,7 @@ DLPack, the module runs on JAX's CUDA stream, and its output is written into JAX
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from typing import Any
 
 import jax
@@ -31,16 +32,21 @@ def _import_torch():
 
 
 class TorchForward:
-    """``module(x)`` on host NumPy batches: eval mode, ``torch.inference_mode()``, float32 out."""
+    """``module(x)`` on host NumPy batches: eval mode, ``torch.inference_mode()``, float32 out.
+
+    The batch is cast to the module's floating-point parameter dtype (float16 and bfloat16 modules
+    work; float32 when it has none) and the output back to float32.
+    """
 
     def __init__(self, module: Any, device: Any):
         self.torch = _import_torch()
         self.module, self.device = module, device
+        self.dtype = param_dtype(self.torch, module)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         torch = self.torch
         with torch.inference_mode():
-            t = torch.from_numpy(np.array(x, np.float32)).to(self.device)
+            t = torch.from_numpy(np.array(x, np.float32)).to(self.device, self.dtype)
             out = self.module(t)
             if not isinstance(out, torch.Tensor):
                 raise TypeError(f"the module returned {type(out).__name__}; expected a tensor [N, K]")
@@ -109,7 +115,7 @@ class TorchDevice(HostFunction):
         outs = []
         with torch.inference_mode():
             for i in range(0, n, step):
-                piece = xt[i:i + step].clone()  # the module may write into its input
+                piece = xt[i:i + step].to(self.fn.dtype, copy=True)  # the module may write into its input
                 try:
                     o = self.fn.module(piece)
                 except Exception as e:  # noqa: BLE001 - reported with its cause
@@ -142,9 +148,30 @@ def torch_classifier(module: Any, *, device: Any, input_layout: str, outputs: st
         device = first.device if first is not None else torch.device("cpu")
     else:
         device = torch.device(device)
-        module.to(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: the module is (to be) on {device}, but torch sees no CUDA device on this machine "
+                         "(torch.cuda.is_available() is False); use device='cpu' (and map_location='cpu' when loading)")
+    module.to(device)
     module.eval()
     label = name if name is not None else type(module).__name__
     host = TorchDevice(TorchForward(module, device), transfer=transfer, name=label, batch_size=batch_size,
-                       layout=input_layout)
+                       layout=input_layout, identity=module_sha256(torch, module, label))
     return host_classifier(host, outputs)
+
+
+def param_dtype(torch: Any, module: Any) -> Any:
+    """The dtype of the module's first floating-point parameter (or buffer); float32 when it has none."""
+    for t in (*module.parameters(), *module.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
+
+
+def module_sha256(torch: Any, module: Any, name: str) -> str:
+    """SHA-256 of the module's class path, ``name`` and its state dict (names, shapes, dtypes, bytes)."""
+    h = hashlib.sha256(f"{type(module).__module__}.{type(module).__qualname__}|{name}".encode())
+    for key, t in module.state_dict().items():
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"|{key}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

@@ -86,7 +86,7 @@ def explain_adaptive(
     if first.size > limit:
         raise ValueError(f"budget: {budget} is {limit} of {ny * nx} window positions, less than the coarse "
                          f"grid's {first.size} (coarse_stride {stride}); raise budget or coarse_stride")
-    chunk = plan_chunk(chunk_size, first.size * s_count, run.mesh.size)
+    chunk = plan_chunk(chunk_size, first.size * s_count, run.mesh.size, **run.chunk_hints())
     evaluated = np.zeros(ny * nx, bool)
     acc = run.evaluate(run.zeros(), first, 0, s_count, chunk)
     evaluated[first] = True

@@ -26,9 +26,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import checks
-from .classifiers import _OUTPUTS, Classifier
+from .classifiers import Classifier, check_outputs
 
 _LAYOUTS = ("NHWC", "NCHW")
+#: Most classes a black box may have: 2^20 (ImageNet-21k has 21,843). Class names, the engine's
+#: [chunk, K] outputs and the [K, H, W] evidence all grow with K; 2^31 would need many gigabytes.
+MAX_CLASSES = 2**20
+#: Most bytes of one fixed-size batch a model file may demand (its float32 input): the engine's chunk
+#: budget (:data:`undesirable_jax.engine.CHUNK_BYTES`), as the default chunk is then the fixed batch.
+MAX_FIXED_BATCH_BYTES = 2**29
+#: Most pixels of one model input a model file may declare (4096²); larger images need gigabytes a chunk.
+MAX_INPUT_PIXELS = 2**24
 
 
 class BlackBoxError(ValueError):
@@ -41,15 +49,18 @@ class HostFunction:
     ``fn`` maps float32 ``[n, H, W, C]`` (``[n, C, H, W]`` for ``layout="NCHW"``, transposed on the
     device before the hand-over) to ``[n, K]``. ``num_classes`` None: found by one call on a zero
     image of the traced shape. ``fixed_batch``: ``fn`` accepts exactly ``batch_size`` images (the last
-    piece is padded by repeating its last image). Compared by identity, so jit caches per object.
+    piece is padded by repeating its last image; the engine's default chunk is then a multiple of it).
+    ``identity``: the model's SHA-256 for run records (:func:`model_identity`). Compared by identity,
+    so jit caches per object.
     """
 
     def __init__(self, fn: Callable[[np.ndarray], Any], *, name: str, num_classes: int | None = None,
-                 batch_size: int | None = None, layout: str = "NHWC", fixed_batch: bool = False):
+                 batch_size: int | None = None, layout: str = "NHWC", fixed_batch: bool = False,
+                 identity: str | None = None):
         if not callable(fn):
             raise TypeError(f"fn: expected a callable images [N, H, W, C] -> [N, K], got {type(fn).__name__}")
         if num_classes is not None:
-            checks.positive_int("num_classes", num_classes, maximum=None)
+            check_classes("num_classes", num_classes)
         if batch_size is not None:
             checks.positive_int("batch_size", batch_size, maximum=None)
         if layout not in _LAYOUTS:
@@ -58,6 +69,7 @@ class HostFunction:
             raise ValueError("fixed_batch: needs batch_size, the one batch size fn accepts")
         self.fn, self.name, self.num_classes = fn, name, num_classes
         self.batch_size, self.layout, self.fixed_batch = batch_size, layout, fixed_batch
+        self.identity = identity   # what the run records say the model is (a file's or weights' SHA-256)
         self._lock = threading.Lock()
         self._error: Exception | None = None
         self._probed: dict[tuple[int, ...], int] = {}
@@ -92,7 +104,7 @@ class HostFunction:
             n = self.batch_size if self.fixed_batch else 1
             with self._lock:
                 out = self._checked(np.zeros((n, *shape), np.float32), None)
-            self._probed[shape] = int(out.shape[1])
+            self._probed[shape] = check_classes(f"{self.label}: K", int(out.shape[1]))
         return self._probed[shape]
 
     # ------------------------------------------------------------------ host side
@@ -130,9 +142,13 @@ class HostFunction:
             x = np.concatenate([x, np.repeat(x[-1:], self.batch_size - n, axis=0)], axis=0)
         try:
             out = np.asarray(self.fn(x))
+        except BlackBoxError:   # an adapter's own check (e.g. the image size), already one clear message
+            raise
+        except KeyboardInterrupt as e:   # Ctrl-C inside the model: kept like an error, raised after the step
+            raise BlackBoxError(f"{self.label}: interrupted (Ctrl-C) while running on a batch of {n} images") from e
         except Exception as e:  # noqa: BLE001 - any error of the user's function, reported with its cause
             raise BlackBoxError(f"{self.label} raised {type(e).__name__}: {e} (on a batch of {n} images of "
-                                f"shape {list(x.shape[1:])}); fix the function and run again") from e
+                                f"shape {list(x.shape[1:])}); {call_hint(e)}") from e
         if self.fixed_batch:
             out = out[:n]
         if out.ndim != 2 or out.shape[0] != n or (k is not None and out.shape[1] != k):
@@ -150,12 +166,68 @@ class HostFunction:
         return out
 
 
-def black_box(fn: Callable[[np.ndarray], Any], *, num_classes: int, outputs: str = "logits",
+def call_hint(error: BaseException) -> str:
+    """The likely fix for a black box's error: CUDA missing, a shape the model does not take, else fix it."""
+    text = str(error)
+    if "CUDA" in text or "cuda" in text:
+        return ("the model needs CUDA, which this machine lacks: load it on the CPU (map_location='cpu', no "
+                ".cuda() / device='cuda')")
+    if any(w in text for w in ("shape", "size mismatch", "sizes", "dimension")):
+        return ("the model may take another input size or layout: give the size it was trained on (CLI: "
+                "--input-size, --input-layout; in Python: preprocess to that size), or fix the function")
+    return "fix the function and run again"
+
+
+def check_classes(name: str, k: Any) -> int:
+    """A class count in [1, :data:`MAX_CLASSES`], refused before anything of that size is allocated."""
+    k = checks.positive_int(name, k, maximum=None)
+    if k > MAX_CLASSES:
+        raise ValueError(f"{name}: {k:,} classes, more than the {MAX_CLASSES:,} a black box may have (the outputs of "
+                         f"one chunk of 256 images alone would take {256 * 4 * k / 2**30:,.1f} GiB); check the "
+                         "model's output shape")
+    return k
+
+
+def check_declared_size(path: str, in_shape: list[Any], out_shape: list[Any], layout: str, dtype: Any) -> None:
+    """A model file's declared class count, fixed batch and input size against :data:`MAX_CLASSES`,
+    :data:`MAX_FIXED_BATCH_BYTES` and :data:`MAX_INPUT_PIXELS`, before anything is allocated."""
+    if len(out_shape) == 2 and isinstance(out_shape[1], int):
+        check_classes(f"model: {path!r} declares an output [N, K] with K", out_shape[1])
+    hwc = (in_shape[2:] + in_shape[1:2]) if layout == "NCHW" else in_shape[1:]
+    if len(hwc) == 3 and isinstance(hwc[0], int) and isinstance(hwc[1], int) and hwc[0] * hwc[1] > MAX_INPUT_PIXELS:
+        raise ValueError(f"model: {path!r} declares an input of {hwc[0]}x{hwc[1]} pixels, more than the "
+                         f"{MAX_INPUT_PIXELS:,} (4096²) a model input may have; export it for a smaller input")
+    item = int(np.prod([d for d in hwc if isinstance(d, int)] or [1])) * max(np.dtype(dtype).itemsize, 4)
+    fixed = in_shape[0] if in_shape and isinstance(in_shape[0], int) else None
+    if fixed is not None and fixed * item > MAX_FIXED_BATCH_BYTES:
+        raise ValueError(f"model: {path!r} takes exactly {fixed:,} images per call, {fixed * item / 2**30:,.1f} GiB "
+                         f"a batch; more than the {MAX_FIXED_BATCH_BYTES / 2**30:g} GiB limit: export it with a "
+                         "dynamic batch axis (dynamic_axes / dynamic_shapes) or a small fixed batch")
+
+
+def fixed_batch(classifier: Any) -> int | None:
+    """The one batch size a black box accepts (None: any): the engine's default chunk is a multiple of it."""
+    fn = getattr(classifier, "fn", None)
+    return fn.batch_size if isinstance(fn, HostFunction) and fn.fixed_batch else None
+
+
+def model_identity(classifier: Any) -> dict[str, str]:
+    """``{"model_sha256": ...}`` for a black box that knows its model (ONNX file, torch weights), else ``{}``.
+
+    A run record holding it refuses a resumed evaluation whose model file or weights changed.
+    """
+    fn = getattr(classifier, "fn", None)
+    ident = getattr(fn, "identity", None) if isinstance(fn, HostFunction) else None
+    return {} if ident is None else {"model_sha256": ident}
+
+
+def black_box(fn: Callable[[np.ndarray], Any], *, num_classes: int, outputs: str = "auto",
               batch_size: int | None = None, name: str | None = None) -> Classifier:
     """Any host function ``fn(images [N, H, W, C] float32 NumPy) -> [N, K]`` as a classifier.
 
-    ``fn``'s result may be anything ``np.asarray`` takes. ``outputs``: "logits" (softmax applied) or
-    "probs". ``batch_size``: at most this many images per call (None: one call per engine chunk).
+    ``fn``'s result may be anything ``np.asarray`` takes. ``outputs``: "auto" (decided once from the
+    untouched image's output: :func:`undesirable_jax.resolve_outputs`), "logits" (softmax applied),
+    "probs" or "log_probs"; an explicit value the output contradicts is refused. ``batch_size``: at most this many images per call (None: one call per engine chunk).
     ``name``: used in error messages (default: the function's name). Not differentiable: methods
     that need gradients skip it.
     """
@@ -166,12 +238,10 @@ def black_box(fn: Callable[[np.ndarray], Any], *, num_classes: int, outputs: str
 
 def host_classifier(host: HostFunction, outputs: str) -> Classifier:
     """A :class:`~undesirable_jax.Classifier` calling ``host`` (used by the PyTorch and ONNX adapters)."""
-    if outputs not in _OUTPUTS:
-        raise ValueError(f"outputs: must be one of {_OUTPUTS}, got {outputs!r}")
-    return Classifier(fn=host, outputs=outputs, differentiable=False)
+    return Classifier(fn=host, outputs=check_outputs(outputs), differentiable=False)
 
 
-def from_torch(module: Any, *, device: Any = None, input_layout: str = "NCHW", outputs: str = "logits",
+def from_torch(module: Any, *, device: Any = None, input_layout: str = "NCHW", outputs: str = "auto",
                batch_size: int | None = None, name: str | None = None, transfer: str = "auto") -> Classifier:
     """A ``torch.nn.Module`` as a classifier (set to eval mode, run under ``torch.inference_mode()``).
 
@@ -187,7 +257,7 @@ def from_torch(module: Any, *, device: Any = None, input_layout: str = "NCHW", o
                             batch_size=batch_size, name=name, transfer=transfer)
 
 
-def from_onnx(path: Any, *, providers: Any = None, input_layout: str | None = None, outputs: str = "logits",
+def from_onnx(path: Any, *, providers: Any = None, input_layout: str | None = None, outputs: str = "auto",
               batch_size: int | None = None, num_classes: int | None = None) -> Classifier:
     """An ONNX model file as a classifier, run by an ONNX Runtime ``InferenceSession``.
 

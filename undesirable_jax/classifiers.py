@@ -18,15 +18,22 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-_OUTPUTS = ("logits", "probs")
+_OUTPUTS = ("logits", "probs", "log_probs")
+#: ``outputs`` a caller may give: what the classifier returns, or "auto" (decided from the image).
+OUTPUT_CHOICES = ("auto", *_OUTPUTS)
 #: How far a row of probabilities may sum from 1 (bf16 softmax rounds to about 1e-3 per class).
 PROB_SUM_TOLERANCE = 1e-2
+#: ``outputs="auto"``: a row in [0, 1] summing to 1 within this is probabilities; a row <= 0 whose
+#: logsumexp is 0 within this is log-probabilities. Between this and PROB_SUM_TOLERANCE it is ambiguous.
+AUTO_TOLERANCE = 1e-4
 
 
 @struct.dataclass
 class Classifier:
     """``fn(images)`` when ``params`` is None, else ``fn(params, images)``; ``outputs`` says what it returns.
 
+    ``outputs``: "logits", "probs", "log_probs", or "auto": decided from the untouched image's output
+    by :func:`resolve_outputs` (which :func:`undesirable_jax.explain` and the evaluation call first).
     ``differentiable``: whether JAX can take gradients through ``fn`` (False for host black boxes).
     """
 
@@ -48,8 +55,11 @@ class Classifier:
             raise ValueError(
                 f"classifier: must map images [N, H, W, C] to [N, K], got output shape {out.shape} "
                 f"for input {images.shape}")
+        if self.outputs == "auto":
+            raise ValueError("classifier: outputs='auto' is decided from the untouched image's output before the "
+                             "work; call undesirable_jax.resolve_outputs(classifier, image) first, or say outputs=")
         out = out.astype(jnp.float32)
-        probs = jax.nn.softmax(out, axis=-1) if self.outputs == "logits" else out
+        probs = out if self.outputs == "probs" else jax.nn.softmax(out, axis=-1)   # softmax(log p) = p
         # XLA may turn softmax(NaN) into finite values; keep a non-finite output visible as NaN.
         return jnp.where(jnp.all(jnp.isfinite(out), axis=-1, keepdims=True), probs, jnp.nan)
 
@@ -71,6 +81,79 @@ def valid_probs(probs: jnp.ndarray) -> jnp.ndarray:
     in_range = jnp.all((probs >= 0.0) & (probs <= 1.0 + 1e-6))
     sums = jnp.all(jnp.abs(jnp.sum(probs, axis=-1) - 1.0) <= PROB_SUM_TOLERANCE)
     return finite & in_range & sums
+
+
+def decide_outputs(row: Any, outputs: str = "auto") -> str:
+    """What the classifier's output ``row`` [K] on the untouched image is: "probs", "log_probs" or "logits".
+
+    "auto": a row in [0, 1] summing to 1 within :data:`AUTO_TOLERANCE` is probabilities, a row <= 0
+    whose logsumexp is 0 within it log-probabilities, anything else logits; a row within
+    :data:`PROB_SUM_TOLERANCE` of either but not within AUTO_TOLERANCE is refused as ambiguous. An
+    explicit value is returned when the row agrees with it, else refused naming both ("logits" on
+    log-probabilities agrees: their softmax is the probabilities).
+    """
+    check_outputs(outputs)
+    r = np.asarray(row, np.float64).reshape(-1)
+    if not np.all(np.isfinite(r)):
+        raise ValueError("classifier: returned NaN or inf on the image; check the model and preprocessing")
+    in01 = r.size > 0 and r.min() >= -1e-6 and r.max() <= 1.0 + 1e-6
+    prob_gap = abs(r.sum() - 1.0) if in01 else np.inf
+    lse = float(np.logaddexp.reduce(r)) if r.size else np.inf
+    log_gap = abs(lse) if r.size and r.max() <= 1e-6 else np.inf
+    looks = "probs" if prob_gap <= AUTO_TOLERANCE else "log_probs" if log_gap <= AUTO_TOLERANCE else "logits"
+    about = (f"min {r.min():.4g}, max {r.max():.4g}, sum {r.sum():.6g}, logsumexp {lse:.4g}" if r.size else "empty")
+    if outputs == "auto":
+        if looks == "logits" and min(prob_gap, log_gap) <= PROB_SUM_TOLERANCE:
+            raise ValueError(f"classifier: outputs='auto' cannot tell its output on the image ({about}) from "
+                             "low-precision probabilities or log-probabilities; say outputs='probs', 'log_probs' or "
+                             "'logits'")
+        return looks
+    fits = {"probs": prob_gap <= PROB_SUM_TOLERANCE, "log_probs": log_gap <= PROB_SUM_TOLERANCE,
+            "logits": looks != "probs"}[outputs]
+    if not fits:
+        what = "is not a distribution and " if outputs == "probs" else ""
+        raise ValueError(f"classifier: outputs={outputs!r} was given, but its output on the image {what}looks like "
+                         f"{looks} ({about}); pass outputs={looks!r} or outputs='auto'")
+    return outputs
+
+
+def check_outputs(outputs: Any, name: str = "outputs") -> str:
+    """``outputs`` is one of :data:`OUTPUT_CHOICES`."""
+    if outputs not in OUTPUT_CHOICES:
+        raise ValueError(f"{name}: must be one of {OUTPUT_CHOICES}, got {outputs!r}")
+    return outputs
+
+
+def resolve_outputs(classifier: Any, image: Any) -> Classifier:
+    """The classifier with ``outputs`` decided (or checked) on its output for the untouched ``image`` [H, W, C].
+
+    One call of the classifier on ``image``, jitted per classifier structure and image shape (so one
+    compile serves every image); see :func:`decide_outputs` for the rule. Black-box errors are raised.
+    """
+    clf = as_classifier(classifier)
+    raw = raw_output(clf, jnp.asarray(image, jnp.float32))
+    jax.block_until_ready(raw)
+    clf.raise_host_error()
+    return clf.replace(outputs=decide_outputs(np.asarray(raw, np.float32), clf.outputs))
+
+
+@jax.jit
+def raw_output(clf: Classifier, image: jnp.ndarray) -> jnp.ndarray:
+    """The classifier's own output [K] (float32, no softmax) on one image [H, W, C]."""
+    out = clf(image[None])
+    if not isinstance(out, (jax.Array, np.ndarray)):
+        raise TypeError(f"classifier: must return an array [N, K], got {type(out).__name__}; return the logits "
+                        "(or probabilities) array itself (not None, a tuple or a dict)")
+    if out.ndim != 2 or out.shape[0] != 1:
+        raise ValueError(f"classifier: must map images [N, H, W, C] to [N, K], got output shape {out.shape} "
+                         f"for input {(1, *image.shape)}")
+    return out[0].astype(jnp.float32)
+
+
+def output_probs(row: Any, outputs: str) -> jnp.ndarray:
+    """Probabilities from a classifier's output ``row`` (``outputs`` decided: not "auto")."""
+    r = jnp.asarray(row, jnp.float32)
+    return r if outputs == "probs" else jax.nn.softmax(r, axis=-1)
 
 
 def check_probs(probs: Any, outputs: str) -> int:
@@ -95,8 +178,7 @@ def check_probs(probs: Any, outputs: str) -> int:
 def as_classifier(classifier: Any) -> Classifier:
     """Accept a :class:`Classifier` or any callable ``images -> logits``."""
     if isinstance(classifier, Classifier):
-        if classifier.outputs not in _OUTPUTS:
-            raise ValueError(f"classifier.outputs must be one of {_OUTPUTS}, got {classifier.outputs!r}")
+        check_outputs(classifier.outputs, "classifier.outputs")
         return classifier
     if not callable(classifier):
         raise TypeError(
@@ -106,10 +188,9 @@ def as_classifier(classifier: Any) -> Classifier:
 
 
 def from_function(fn: Callable, params: Any = None, *, outputs: str = "logits") -> Classifier:
-    """``fn(images)`` or ``fn(params, images)``; say ``outputs="probs"`` when it returns probabilities."""
-    if outputs not in _OUTPUTS:
-        raise ValueError(f"outputs must be one of {_OUTPUTS}, got {outputs!r}")
-    return Classifier(fn=fn, params=params, outputs=outputs)
+    """``fn(images)`` or ``fn(params, images)``; ``outputs``: "logits", "probs", "log_probs" or "auto"
+    (decided from the untouched image's output, :func:`resolve_outputs`)."""
+    return Classifier(fn=fn, params=params, outputs=check_outputs(outputs))
 
 
 def probabilities(classifier: Any) -> Classifier:

@@ -80,7 +80,13 @@ def _model(args: argparse.Namespace) -> Any:
 
     return resolve(args.model, args.weights, ExternalOptions(
         class_names=args.class_names, preprocess=args.preprocess, input_size=args.input_size,
-        resize=args.resize, mean=args.mean, std=args.std))
+        resize=args.resize, mean=args.mean, std=args.std, outputs=args.outputs, input_layout=args.input_layout))
+
+
+def _outputs_line(declared: str, decided: str, where: str) -> str:
+    """What the CLI prints about the classifier's outputs: the given value, or what "auto" decided."""
+    return (f"model outputs: {decided} (auto: decided from its output on {where})" if declared == "auto"
+            else f"model outputs: {decided}")
 
 
 def _sampler(args: argparse.Namespace, pool: Callable[[], Any], key: Any) -> Any:
@@ -164,6 +170,7 @@ def run_explain(args: argparse.Namespace) -> int:
                  for alpha in (None, args.alpha))
     report.save_explained(args, model, raw, image, expl, f, None if args.alpha is None else masked, image_name, paths)
     report.explained(model, image_name, expl, f, top_classes(expl.probs, model.class_names, args.top_k + 1))
+    print(_outputs_line(model.classifier.outputs, expl.outputs, image_name))
     print(f"figure: {paths[0]}\narrays: {paths[1]}\ntime: {time.perf_counter() - t0:.1f} s")
     return 0
 
@@ -177,6 +184,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from . import data
+    from .classifiers import resolve_outputs
     from .evaluate import orchestrate
 
     out = options.check_evaluate_args(args)
@@ -195,15 +203,30 @@ def run_evaluate(args: argparse.Namespace) -> int:
     data.check_model_classes(dataset.class_names, model.class_names, dataset=args.dataset, model=model.name,
                              name="--dataset")
     checks.window(args.window, args.stride, model.input_shape, _WINDOW)
+    _check_methods_run(args.methods, model)
     pool = lambda: np.stack([_preprocessed(model, pool_set[i].image)  # noqa: E731
                              for i in range(min(args.pool_size, len(pool_set)))])
     sampler = _sampler(args, pool, jax.random.fold_in(jax.random.key(args.seed), 1))
     config, t0 = options.eval_config(args, model.name, pool), time.perf_counter()
-    merged = orchestrate.run_share(out, dataset, model.classifier, config, sampler, share,
+    clf = resolve_outputs(model.classifier, _preprocessed(model, dataset[0].image))   # once, for the config record
+    print(_outputs_line(model.classifier.outputs, clf.outputs, f"image {dataset[0].id!r}"))
+    merged = orchestrate.run_share(out, dataset, clf, config, sampler, share,
                                    preprocess=lambda raw: _preprocessed(model, raw), chunk_size=args.chunk_size,
                                    batch_size=args.batch_size, progress=not args.no_progress, mesh=_mesh(args))
     report.evaluated(out, config, model.name, time.perf_counter() - t0, merged, share.joined)
     return 0
+
+
+def _check_methods_run(methods: Sequence[str] | None, model: Any) -> None:
+    """Refuse ``--methods`` of which none can run on the model (gradients of a black box), before any work."""
+    from .evaluate import METHODS
+    from .evaluate.methods import usable
+
+    reasons = [usable(m, model.classifier) for m in (methods or METHODS)]
+    if reasons and all(r is not None for r in reasons):
+        usable_ones = [m for m in METHODS if usable(m, model.classifier) is None]
+        raise UsageError(f"--methods: none of {list(methods or METHODS)} can run on {model.name}: {reasons[0]}; a "
+                         f"black box (ONNX, torch) gives no gradients, pick from {usable_ones}")
 
 
 # ------------------------------------------------------------------------------------------ benchmark
@@ -261,13 +284,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cache = args.compile_cache if args.compile_cache is not None else compile_cache.default_dir()
         compile_cache.enable(None if str(cache).lower() == compile_cache.OFF else cache)
-        return int(args.run(args))
+        with _one_line_warnings(args.command):
+            return int(args.run(args))
     except _input_errors() as e:
         if args.traceback:
             raise
         msg = " ".join(str(e).split()) or type(e).__name__
         print(f"undesirable-jax {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.traceback:
+            raise
+        print(f"undesirable-jax {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line_warnings(command: str) -> Any:
+    """A context in which the package's preprocessing warnings print as one ``warning:`` line."""
+    import contextlib
+    import warnings
+
+    from .data.preprocess import PreprocessWarning
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(warnings.catch_warnings())
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001 - warnings' signature
+        if issubclass(category, PreprocessWarning):
+            print(f"undesirable-jax {command}: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    return stack
 
 
 if __name__ == "__main__":

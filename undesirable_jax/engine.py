@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 from typing import Any, Sequence
 
 import jax
@@ -31,12 +32,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from . import checks
-from .classifiers import Classifier, as_classifier, check_probs, rank_classes, valid_probs
+from .classifiers import (Classifier, as_classifier, check_probs, decide_outputs, output_probs, rank_classes, raw_output,
+                          valid_probs)
 from .evidence import pixel_evidence, weight_of_evidence_se
 from .samplers import Sampler
 from .windows import WindowGrid
 
 DEFAULT_CHUNK = 256
+#: Memory budget of one chunk's perturbed images a device when ``chunk_size`` is not given: 512 MiB
+#: (256 images of up to 2 MiB each: 224² RGB float32 is 0.6 MiB; a 2048² RGB image gets 10 a chunk).
+CHUNK_BYTES = 2**29
 
 
 @struct.dataclass
@@ -57,6 +62,9 @@ class Explanation:
     NaN on pixels covered by a window without one. ``window_samples`` int [nY, nX]: samples each window
     position was evaluated with; 0 marks a position :func:`undesirable_jax.explain_adaptive`
     interpolated instead of evaluating.
+
+    ``outputs``: what the classifier returned ("logits", "probs" or "log_probs"), as given or as
+    decided by ``outputs="auto"`` from the untouched image's output.
     """
 
     evidence: jnp.ndarray
@@ -72,6 +80,7 @@ class Explanation:
     evidence_se: jnp.ndarray | None = None
     window_probs_se: jnp.ndarray | None = None
     window_samples: jnp.ndarray | None = None
+    outputs: str = struct.field(pytree_node=False, default="logits")
 
     @property
     def grid(self) -> WindowGrid:
@@ -136,7 +145,7 @@ def explain(
                   classes=classes, laplace_n=laplace_n, mesh=mesh, progress=progress)
     num_windows = run.grid.num_windows
     check_pair_count(num_windows, hi)
-    chunk = plan_chunk(chunk_size, num_windows * lo, run.mesh.size)
+    chunk = plan_chunk(chunk_size, num_windows * lo, run.mesh.size, **run.chunk_hints())
     counts = np.zeros(num_windows, np.int64)
     active = np.arange(num_windows)
     acc = run.zeros()
@@ -204,6 +213,12 @@ class Run:
     mesh: Mesh
     progress: bool
 
+    def chunk_hints(self) -> dict[str, Any]:
+        """What :func:`plan_chunk` needs of this run: the bytes of one perturbed image, a fixed batch."""
+        from .black_boxes import fixed_batch
+
+        return {"item_bytes": int(self.image.size) * 4, "fixed_batch": fixed_batch(self.clf)}
+
     def zeros(self) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
         """Fresh per-device accumulators (sums, squared distances from p0) and the NaN flag."""
         return _zeros(self.mesh, self.grid.num_windows, int(self.rows.shape[0]))
@@ -262,7 +277,8 @@ class Run:
             window=int(self.grid.window), stride=int(stride), num_samples=int(num_samples),
             num_classes=self.num_classes, laplace_n=float(self.laplace_n),
             evidence_se=evidence_se, window_probs_se=window_se,
-            window_samples=jnp.asarray(np.asarray(counts).reshape(self.grid.shape), jnp.int32))
+            window_samples=jnp.asarray(np.asarray(counts).reshape(self.grid.shape), jnp.int32),
+            outputs=self.clf.outputs)
 
 
 def prepare(classifier: Any, image: Any, *, window: int, stride: int, sampler: Sampler, key: jax.Array,
@@ -278,9 +294,11 @@ def prepare(classifier: Any, image: Any, *, window: int, stride: int, sampler: S
     if not (isinstance(laplace_n, (int, float)) and math.isfinite(laplace_n) and laplace_n > 0):
         raise ValueError(f"laplace_n: must be a positive number (training-set size), got {laplace_n!r}")
     key = checks.prng_key(key)
-    base = _base_probs(clf, img)
-    jax.block_until_ready(base)
+    raw = raw_output(clf, img)   # one compile per classifier and image shape, "auto" or not
+    jax.block_until_ready(raw)
     clf.raise_host_error()  # a black box's own error, kept by its host callback, comes first
+    clf = clf.replace(outputs=decide_outputs(np.asarray(raw), clf.outputs))   # "auto" decided here, once
+    base = output_probs(raw, clf.outputs)
     num_classes = check_probs(base, clf.outputs)
     rows = _check_classes(classes, num_classes)
     return Run(clf, sampler, sampler.prepare(img, window), img, key, grid, rows, base[rows], num_classes,
@@ -315,11 +333,6 @@ def _maps(mean, se, p0, grid, laplace_n, num_classes):
     window_se = se.T.reshape(r, ny, nx)
     evidence, evidence_se = pixel_evidence(grid, p0[:, None, None], window_probs, laplace_n, num_classes, window_se)
     return window_probs, window_se, evidence, evidence_se
-
-
-@jax.jit
-def _base_probs(clf: Classifier, image: jnp.ndarray) -> jnp.ndarray:
-    return clf.probs(image[None])[0]
 
 
 def pair_indices(start: jnp.ndarray, chunk: int, total: int) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -407,19 +420,43 @@ def _check_mesh(mesh: Mesh | str | None) -> Mesh:
     return mesh
 
 
-def plan_chunk(chunk_size: int | None, total: int, devices: int) -> int:
-    """Pairs per step: at most ``chunk_size`` (default 256 a device), a multiple of the device count,
-    and balanced so the steps needed for ``total`` pairs carry the least padding."""
+def plan_chunk(chunk_size: int | None, total: int, devices: int, item_bytes: int = 0,
+               fixed_batch: int | None = None) -> int:
+    """Pairs per step: at most ``chunk_size`` (default 256 a device, fewer when 256 perturbed images of
+    ``item_bytes`` each would exceed :data:`CHUNK_BYTES` a device), a multiple of the device count,
+    and balanced so the steps needed for ``total`` pairs carry the least padding.
+
+    ``fixed_batch``: the one batch size a black box accepts; the default chunk is then a multiple of
+    it on each device (as many as the budget allows, at least one), so the calls are full instead of
+    padded (the model file's fixed batch was checked against the same budget when it was loaded). An explicit
+    ``chunk_size`` whose images would not fit in this machine's memory is refused naming one that does.
+    """
+    per_device = max(1, CHUNK_BYTES // item_bytes) if item_bytes else DEFAULT_CHUNK
     if chunk_size is None:
-        limit = DEFAULT_CHUNK * devices
+        limit = min(DEFAULT_CHUNK, per_device) * devices
+        if fixed_batch is not None:   # whole calls of the fixed batch on each device, no more than needed
+            per_call = fixed_batch * devices
+            return per_call * min(max(1, limit // per_call), -(-total // per_call))
     else:
         limit = checks.positive_int("chunk_size", chunk_size)
         if limit % devices:
             raise ValueError(f"chunk_size={limit} does not split over {devices} devices: pick a multiple of "
                              f"{devices} (e.g. {devices * max(1, round(limit / devices))})")
+        if item_bytes and limit * item_bytes > _machine_bytes():
+            raise ValueError(f"chunk_size={limit}: {limit} perturbed images of {item_bytes / 2**20:,.1f} MiB each need "
+                             f"{limit * item_bytes / 2**30:,.1f} GiB, more than this machine's memory; use "
+                             f"chunk_size={per_device * devices} or less")
     steps = -(-total // limit)
     per_step = -(-total // steps)
     return -(-per_step // devices) * devices
+
+
+def _machine_bytes() -> int:
+    """This machine's physical memory in bytes (2^62 where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 2**62
 
 
 def _check_image(image: Any) -> jnp.ndarray:
@@ -427,9 +464,12 @@ def _check_image(image: Any) -> jnp.ndarray:
         arr = jnp.asarray(image)
     except TypeError as e:
         raise TypeError(f"image: expected a numeric array [H, W, C], got {type(image).__name__}") from e
+    if arr.ndim == 2:
+        raise ValueError(f"image: expected one image [H, W, C], got shape {arr.shape} without a channel axis; "
+                         "add one: image[..., None]")
     if arr.ndim != 3:
         raise ValueError(f"image: expected one image [H, W, C], got shape {arr.shape}; "
-                         "for a batch, call explain once per image")
+                         + ("for a batch, call explain once per image" if arr.ndim == 4 else "pass [H, W, C]"))
     if not (jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)):
         raise TypeError(f"image: expected a float array, got dtype {arr.dtype}")
     arr = arr.astype(jnp.float32)

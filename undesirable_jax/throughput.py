@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import checks
-from .classifiers import Classifier, as_classifier
+from .classifiers import Classifier, as_classifier, resolve_outputs
 from .engine import explain, plan_chunk
 from .samplers import Sampler
 from .windows import WindowGrid
@@ -113,8 +113,8 @@ def check_engine(classifier: Any, image: Any, sampler: Sampler, *, window: int, 
     The hand-built images use the engine's per-pair keys ``fold_in(fold_in(key, w), s)``, so the
     two agree up to float rounding for every sampler.
     """
-    clf = as_classifier(classifier)
     img = jnp.asarray(image, jnp.float32)
+    clf = resolve_outputs(classifier, img)
     key = jax.random.key(0) if key is None else key
     ex = explain(clf, img, window=window, stride=stride, sampler=sampler, num_samples=num_samples,
                  key=key, chunk_size=chunk_size)
@@ -149,12 +149,12 @@ def engine_throughput(classifier: Any, image: Any, sampler: Sampler, *, window: 
     (None: the engine's default); the raw batch has the same size.
     """
     checks.positive_int("rounds", rounds)
-    clf = as_classifier(classifier)
     img = jnp.asarray(image, jnp.float32)
+    clf = resolve_outputs(classifier, img)
     key = jax.random.key(0) if key is None else key
     grid = WindowGrid(img.shape[0], img.shape[1], window, stride)
     pairs = grid.num_windows * num_samples
-    chunk = plan_chunk(chunk_size, pairs, 1)
+    chunk = plan_chunk(chunk_size, pairs, 1, item_bytes=int(img.size) * 4)
     calls = -(-pairs // chunk)
 
     # The check runs on non-overlapping windows (fewer passes), with the same sampler and chunk.

@@ -34,6 +34,13 @@ def _read_imagenet_classes() -> tuple[str, ...]:
 IMAGENET_CLASSES: tuple[str, ...] = _read_imagenet_classes()
 
 
+def imagenet_classes() -> tuple[str, ...]:
+    """The 1000 ILSVRC-2012 class names in label order (the names an ImageNet model's outputs index),
+    e.g. for ``--class-names`` or a figure of your own ImageNet model: ``imagenet_classes()[281]`` is
+    ``"tabby, tabby cat"``."""
+    return IMAGENET_CLASSES
+
+
 def short_name(class_name: str) -> str:
     """The first synonym of a class name: ``"tabby, tabby cat"`` -> ``"tabby"``."""
     return class_name.split(",")[0].strip()

@@ -5,6 +5,11 @@ centre crop, normalise). The :class:`Preprocessed` result keeps the geometry (or
 size, crop box) so that a heatmap computed on the model input can be drawn on the original image
 with :meth:`Preprocessed.to_original`.
 
+The resize and crop follow torchvision's ``Resize(short_side)`` + ``CenterCrop(size)`` on PIL images:
+the long side is ``int(short_side * long / short)`` (truncated, as torchvision does), Pillow does the
+resampling, and the crop's top-left corner is ``int(round((H' - h) / 2))`` (Python's rounding, as
+torchvision's ``center_crop``).
+
 Coordinates follow Pillow's resize convention (pixel centres aligned): the centre of original pixel
 ``i`` sits at ``(i + 0.5) * H'/H - 0.5`` in the resized image, and at that minus the crop's top row
 on the model grid.
@@ -13,6 +18,7 @@ on the model grid.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 
@@ -70,12 +76,30 @@ class Preprocessed:
         return np.where(inside, out, np.asarray(fill, dtype=out.dtype))
 
 
+class PreprocessWarning(UserWarning):
+    """A preprocessing that runs but looks wrong (mean / std on the 0..1 scale for 0..255 pixels)."""
+
+
+def resized_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """``(W', H')`` of torchvision's ``Resize(short_side)``: the short side becomes ``short_side``, the
+    long side ``int(short_side * long / short)`` (truncated, not rounded)."""
+    if width <= height:
+        return short_side, int(short_side * height / width)
+    return int(short_side * width / height), short_side
+
+
+def crop_corner(resized: int, crop: int) -> int:
+    """torchvision's ``center_crop`` offset along one axis: ``int(round((resized - crop) / 2))``."""
+    return int(round((resized - crop) / 2.0))
+
+
 @dataclasses.dataclass(frozen=True)
 class Preprocessor:
     """Raw ``uint8`` image -> :class:`Preprocessed`: resize, centre crop, ``(x - mean) / std``.
 
     ``size``: model input ``(h, w)``. ``resize``: short side before the centre crop (ImageNet's
-    256 -> 224); ``None`` resizes straight to ``size`` (aspect ratio not kept). ``grayscale``: one
+    256 -> 224; torchvision's numerics, module docstring); ``None`` resizes straight to ``size``
+    (aspect ratio not kept). A mean / std on the 0..1 scale warns (:meth:`scale_warning`). ``grayscale``: one
     channel (Pillow's luma), else RGB. ``mean``/``std``: per channel, on the 0..255 scale.
     """
 
@@ -91,11 +115,31 @@ class Preprocessor:
             raise ValueError(f"size: expected (h, w) with h, w >= 1, got {self.size!r}")
         if self.resize is not None and self.resize < max(self.size):
             raise ValueError(f"resize: the short side {self.resize} must be >= the crop {self.size}")
+        least = self.resize ** 2 if self.resize is not None else self.size[0] * self.size[1]
+        if least > MAX_RESIZED_PIXELS:
+            raise ValueError(f"size/resize: the model input {self.size} (short side {self.resize}) needs a resized "
+                             f"image of at least {least:,} pixels, more than {MAX_RESIZED_PIXELS:,}; use a smaller "
+                             "input size or short side (at most 4096)")
         channels = 1 if self.grayscale else 3
         if len(self.mean) != channels or len(self.std) != channels or min(self.std) <= 0:
             raise ValueError(f"mean/std: expected {channels} values each (std > 0), got {self.mean!r}, {self.std!r}")
         if self.resample not in _RESAMPLE:
             raise ValueError(f"resample: expected one of {_RESAMPLE}, got {self.resample!r}")
+        if self.scale_warning() is not None:
+            warnings.warn(self.scale_warning(), PreprocessWarning, stacklevel=3)
+
+    def scale_warning(self) -> str | None:
+        """A message when ``mean`` / ``std`` look like the 0..1 scale although pixels are 0..255, else None.
+
+        With mean <= 1 and std < 1 on 0..255 pixels, a normalised pixel reaches hundreds and the
+        model's output saturates (p = 1.0 everywhere).
+        """
+        if max(self.mean) <= 1.0 and max(self.std) < 1.0:   # mean 0, std 1: raw 0..255 pixels, on purpose
+            scaled = ", ".join(f"{255 * m:g}" for m in self.mean), ", ".join(f"{255 * v:g}" for v in self.std)
+            return (f"mean {list(self.mean)} and std {list(self.std)} look like the 0..1 scale, but they apply to "
+                    f"0..255 pixels (normalised pixels reach {255 / min(self.std):.0f}); for 0..1 values give them "
+                    f"times 255: mean {scaled[0]}, std {scaled[1]}")
+        return None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -124,16 +168,17 @@ class Preprocessor:
         if self.resize is None:
             Wr, Hr = w, h
         else:
-            s = self.resize / min(W, H)
-            Wr, Hr = max(round(W * s), w), max(round(H * s), h)
+            Wr, Hr = resized_size(W, H, self.resize)
+            Wr, Hr = max(Wr, w), max(Hr, h)
         if Wr * Hr > MAX_RESIZED_PIXELS:
+            side = self.resize if self.resize is not None else min(h, w)
             raise ValueError(
                 f"image: {W}x{H} pixels (aspect ratio {max(W, H) / min(W, H):.0f}:1) would be resized to "
                 f"{Wr}x{Hr} before the centre crop, more than {MAX_RESIZED_PIXELS:,} pixels; crop it to a "
-                f"less extreme aspect ratio first (at most {MAX_RESIZED_PIXELS // self.resize ** 2}:1 here)")
+                f"less extreme aspect ratio first (at most {max(1, MAX_RESIZED_PIXELS // side ** 2)}:1 here)")
         if (Wr, Hr) != (W, H):
             im = im.resize((Wr, Hr), getattr(Image.Resampling, self.resample.upper()))
-        top, left = (Hr - h) // 2, (Wr - w) // 2
+        top, left = crop_corner(Hr, h), crop_corner(Wr, w)
         x = np.asarray(im.crop((left, top, left + w, top + h)), dtype=np.float32)
         x = x.reshape(h, w, -1)
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)

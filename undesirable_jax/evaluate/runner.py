@@ -39,7 +39,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .. import checks, io
-from ..classifiers import Classifier, as_classifier, rank_classes
+from ..black_boxes import model_identity
+from ..classifiers import Classifier, as_classifier, rank_classes, resolve_outputs
 from ..samplers import Sampler
 from . import rundir, summary
 from .keys import part_keys, stream_key
@@ -157,6 +158,8 @@ def config_record(config: EvalConfig, classifier: Classifier, sampler: Sampler) 
     rec["sampler"] = describe_sampler(sampler)
     rec["scoring"] = config.scoring().describe()
     rec["model_params_sha256"] = _hash_arrays(jax.tree.leaves(classifier.params))
+    rec["outputs"] = classifier.outputs
+    rec.update(model_identity(classifier))   # black boxes: the ONNX file's / torch weights' SHA-256
     rec["version"] = __version__
     rec["results_format"] = RESULTS_FORMAT
     return rec
@@ -265,10 +268,10 @@ def evaluate_image(classifier: Any, image: Any, label: int, config: EvalConfig, 
     stream and scored with draws from the ``score`` stream (:mod:`.keys`), so no method is scored with a
     realisation it was built with. ``sanity``: also run the sanity checks (:func:`sanity_record`).
     """
-    clf = as_classifier(classifier)
     img = jnp.asarray(image, jnp.float32)
     if img.ndim != 3:
         raise ValueError(f"image: expected one preprocessed image [H, W, C], got shape {img.shape}")
+    clf = resolve_outputs(classifier, img)   # "auto" decided on this image; an explicit value checked
     probs = np.asarray(image_probs(clf, img))
     clf.raise_host_error()   # a black box's own error, not the NaN its callback returned
     k = probs.shape[0]
@@ -287,6 +290,7 @@ def evaluate_image(classifier: Any, image: Any, label: int, config: EvalConfig, 
            "p_target": float(probs[t]), "p_competitor": float(probs[c]), "percents": list(config.percents),
            "fractions": np.linspace(0.0, 1.0, config.curve_steps + 1).tolist(), "skipped": skipped,
            "seeds": seeds}
+    rec["outputs"] = clf.outputs
     if sanity:
         rec["sanity"] = sanity_record(ctx, names, image_id)
     clf.raise_host_error()   # never store scores a failing black box turned into NaN

@@ -8,7 +8,8 @@ What a Flax ``LoadedModel`` carries itself comes from :class:`ExternalOptions`: 
 file, one name per line; default ImageNet's when K = 1000, else ``class_0 …``) and the preprocessing
 (a :class:`~undesirable_jax.data.Preprocessor`: torchvision's ImageNet recipe by default; a JSON file
 with its fields, then the size / resize / mean / std options on top). An ONNX graph that declares its
-input size sets the default size and channels.
+input size sets the default size and channels; any input size is reached as torchvision's recipe
+does, the short side resized to ``int(side / 0.875)`` and a centre crop (256 → 224 for 224²).
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ class ExternalOptions:
     ``class_names``: a text file, one name per line. ``preprocess``: a JSON file with any of
     ``size`` ([h, w]), ``resize`` (short side before the centre crop, or null), ``mean``, ``std`` (per
     channel, on the 0..255 scale), ``grayscale``, ``resample``. ``input_size``, ``resize``, ``mean``,
-    ``std``: the same, overriding the file.
+    ``std``: the same, overriding the file. ``outputs``: what the model returns (None: "auto", decided
+    from its output on the image). ``input_layout``: "NCHW" / "NHWC" (None: NCHW for torch, the
+    graph's for ONNX).
     """
 
     class_names: str | os.PathLike | None = None
@@ -44,6 +47,8 @@ class ExternalOptions:
     resize: int | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    outputs: str | None = None
+    input_layout: str | None = None
 
     def given(self) -> list[str]:
         """The names of the options that were set."""
@@ -66,26 +71,49 @@ def import_function(spec: str) -> Callable:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         raise ValueError(f"--model: cannot import module {module_name!r} ({e}); run from its folder or install it")
+    except Exception as e:  # noqa: BLE001 - any error the user's module raises at import, in one line
+        raise ValueError(f"--model: importing module {module_name!r} failed with {type(e).__name__}: {e}; "
+                         f"{_fix_hint(e, 'fix the module')}") from e
     fn = getattr(module, func_name, None)
     if not callable(fn):
         raise ValueError(f"--model: module {module_name!r} has no function {func_name!r}")
     return fn
 
 
+def call_model_function(fn: Callable, spec: str, weights: str | os.PathLike | None) -> Any:
+    """``fn()`` or ``fn(weights)`` for ``--model spec``; whatever it raises becomes one ValueError."""
+    try:
+        return fn() if weights is None else fn(weights)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's loader; its error in one line, with the likely fix
+        raise ValueError(f"--model: {spec}({'' if weights is None else repr(str(weights))}) raised "
+                         f"{type(e).__name__}: {e}; {_fix_hint(e, 'fix the function')}") from e
+
+
+def _fix_hint(error: BaseException, default: str) -> str:
+    """CUDA missing, or ``default``."""
+    from ..black_boxes import call_hint
+
+    hint = call_hint(error)
+    return default if hint.startswith("fix the function") else hint
+
+
 def load_external(spec: str, weights: str | os.PathLike | None, options: ExternalOptions) -> LoadedModel:
     """``--model`` for an ONNX file or ``torch:MODULE:FUNCTION`` → a :class:`LoadedModel`."""
     from .. import black_boxes
 
+    outputs = options.outputs or "auto"
     if spec.startswith("torch:"):
         fn = import_function(spec[len("torch:"):])
-        module = fn() if weights is None else fn(weights)
-        clf = black_boxes.from_torch(module, name=spec)
+        module = call_model_function(fn, spec, weights)
+        clf = black_boxes.from_torch(module, name=spec, outputs=outputs, input_layout=options.input_layout or "NCHW")
         prep = preprocessor(options, None)
         name, source = spec, str(weights) if weights is not None else spec
     else:
         if weights is not None:
             raise ValueError("--weights: an ONNX file carries its weights; drop --weights")
-        clf = black_boxes.from_onnx(spec)
+        clf = black_boxes.from_onnx(spec, outputs=outputs, input_layout=options.input_layout)
         prep = preprocessor(options, _declared_input(clf))
         name, source = Path(spec).stem, os.fspath(spec)
     k = clf.fn.classes_for(_host_shape(clf, prep.input_shape))
@@ -160,9 +188,10 @@ def preprocessor(options: ExternalOptions, declared: tuple[int, int, int] | None
     return prep
 
 
-def _default_resize(size: tuple[int, ...]) -> int | None:
-    """ImageNet's 256 → 224 centre crop for 224², a plain resize to the input size otherwise."""
-    return TORCHVISION.resize if tuple(size) == TORCHVISION.size else None
+def _default_resize(size: tuple[int, ...]) -> int:
+    """The short side before the centre crop, in ImageNet's ratio 224 / 256: ``int(max(h, w) / 0.875)``
+    (256 for 224²), so any input size keeps the aspect ratio instead of being squashed."""
+    return int(max(size) / 0.875)
 
 
 def _read_json(path: str | os.PathLike) -> dict[str, Any]:
