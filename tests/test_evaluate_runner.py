@@ -201,8 +201,10 @@ def test_summary_table_matches_the_results(reference):
     assert float(pair["mean"]) == pytest.approx(np.mean(diff), rel=1e-6, abs=1e-9) and int(pair["n_clusters"]) == 3
     assert pair["in_family"] == "False" and pair["p_holm"] == "nan"
     fam = [r for r in comp if r["in_family"] == "True"]
-    assert {(r["metric"], r["versus"]) for r in fam} == {(m, v) for m in ("ut_area", "area_between")
-                                                         for v in ("occlusion", "rise", "gradient_input", "random")}
+    rest = [m for m in ev.METHODS if m not in CONTROLS and m != "pda"]
+    assert {(r["metric"], r["method"], r["versus"]) for r in fam} == {
+        (m, a, b) for m in ("ut_area", "area_between")
+        for a, b in [("pda", v) for v in rest] + [(v, summary.BEST_CONTROL) for v in ["pda", *rest]]}
 
 
 def test_runner_on_an_image_folder(tmp_path):

@@ -60,6 +60,8 @@ def test_build_score_and_rank_keys_come_from_disjoint_streams(monkeypatch):
     monkeypatch.setattr(methods, "explain", recorder("build", methods.explain, None, "key"))
     monkeypatch.setattr(methods.baselines, "rise", recorder("build", methods.baselines.rise, 4, "key"))
     monkeypatch.setattr(methods.baselines, "random_maps", recorder("build", methods.baselines.random_maps, 0, "key"))
+    monkeypatch.setattr(methods.baselines, "smoothgrad", recorder("build", methods.baselines.smoothgrad, 3, "key"))
+    monkeypatch.setattr(methods.baselines, "sobol", recorder("build", methods.baselines.sobol, 4, "key"))
     monkeypatch.setattr(methods, "fill_image", recorder("build", methods.fill_image, 3, "key"))
     monkeypatch.setattr(runner, "fill_image", recorder("score", runner.fill_image, 3, "key"))
     monkeypatch.setattr(metrics, "perturbed_probs", recorder("score", metrics.perturbed_probs, 4, "keys"))
@@ -72,8 +74,9 @@ def test_build_score_and_rank_keys_come_from_disjoint_streams(monkeypatch):
     assert all(sets.values()), {k: len(v) for k, v in sets.items()}
     assert not sets["build"] & sets["score"]
     assert not sets["build"] & sets["rank"] and not sets["score"] & sets["rank"]
-    # PDA (1 key), RISE (mask key + fill key), random: 4 build keys per image and seed, all distinct.
-    assert len(sets["build"]) == len(seen["build"]) == 2 * 2 * 4
+    # PDA (1 key), RISE (mask key + fill key), random, SmoothGrad (noise key), Sobol (design key + fill key):
+    # 7 build keys per image and seed, all distinct.
+    assert len(sets["build"]) == len(seen["build"]) == 2 * 2 * 7
 
 
 def test_stream_keys_differ_by_stream_image_and_repeat():
