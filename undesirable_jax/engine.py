@@ -37,6 +37,11 @@ from .samplers import Sampler
 from .windows import WindowGrid
 
 DEFAULT_CHUNK = 256
+#: Host black boxes (``Classifier.differentiable`` False): default pairs a step, per device, fill this many
+#: bytes of float32 images (between DEFAULT_CHUNK and HOST_CHUNK_MAX), since every step pays the host
+#: callback's fixed cost (hand-over, conversion to NumPy, the call, the checks) once.
+HOST_CHUNK_BYTES = 32 * 2**20
+HOST_CHUNK_MAX = 8192
 
 
 @struct.dataclass
@@ -125,7 +130,8 @@ def explain(
         ``target_se`` to sample adaptively (module docstring).
       key: ``jax.random.key``; the same key gives the same result.
       chunk_size: at most this many (window, sample) pairs per step, over all devices (None: 256
-        per device); the steps are balanced so the last one is not mostly padding. Memory grows
+        per device; more for a host black box on small images, :func:`default_chunk`); the steps
+        are balanced so the last one is not mostly padding. Memory grows
         with it, not with the window count.
       classes: class ids whose rows to keep (default: all K).
       laplace_n: N of the Laplace correction (training-set size).
@@ -198,7 +204,8 @@ def sample_windows(run: "Run", lo: int, hi: int, target_se: float | None,
     ones get more, doubling up to ``hi``: the accumulators and the samples per window ``[N · W]``."""
     num_windows = run.num_images * run.grid.num_windows
     check_pair_count(num_windows, hi)
-    chunk = plan_chunk(chunk_size, num_windows * lo, run.mesh.size)
+    chunk = plan_chunk(chunk_size, num_windows * lo, run.mesh.size,
+                       default=default_chunk(run.clf, run.images.shape[1:]))
     counts = np.zeros(num_windows, np.int64)
     active = np.arange(num_windows)
     acc = run.zeros()
@@ -595,11 +602,21 @@ def _check_mesh(mesh: Mesh | str | None) -> Mesh:
     return mesh
 
 
-def plan_chunk(chunk_size: int | None, total: int, devices: int) -> int:
-    """Pairs per step: at most ``chunk_size`` (default 256 a device), a multiple of the device count,
-    and balanced so the steps needed for ``total`` pairs carry the least padding."""
+def default_chunk(classifier: Any, image_shape: Sequence[int]) -> int:
+    """Pairs per device and step when ``chunk_size`` is None: :data:`DEFAULT_CHUNK` for a JAX classifier;
+    for a host black box as many images as fit :data:`HOST_CHUNK_BYTES` (within ``[DEFAULT_CHUNK,
+    HOST_CHUNK_MAX]``): small images through a host function are otherwise dominated by each call's fixed cost."""
+    if as_classifier(classifier).differentiable:
+        return DEFAULT_CHUNK
+    image_bytes = 4 * math.prod(int(d) for d in image_shape)
+    return int(min(HOST_CHUNK_MAX, max(DEFAULT_CHUNK, HOST_CHUNK_BYTES // image_bytes)))
+
+
+def plan_chunk(chunk_size: int | None, total: int, devices: int, *, default: int = DEFAULT_CHUNK) -> int:
+    """Pairs per step: at most ``chunk_size`` (default ``default`` a device, see :func:`default_chunk`), a
+    multiple of the device count, and balanced so the steps needed for ``total`` pairs carry the least padding."""
     if chunk_size is None:
-        limit = DEFAULT_CHUNK * devices
+        limit = default * devices
     else:
         limit = checks.positive_int("chunk_size", chunk_size)
         if limit % devices:
