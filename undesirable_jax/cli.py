@@ -202,6 +202,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from . import data
+    from .data.imagenet import ilsvrc_labels
     from .evaluate import orchestrate
 
     out = options.check_evaluate_args(args)
@@ -217,6 +218,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         return 0
     orchestrate.claim(out, args.resume, share)
     model = _model(args)
+    dataset = data.Subset(ilsvrc_labels(full, model.class_names), args.limit)  # WordNet-id folders: ILSVRC labels
     data.check_model_classes(dataset.class_names, model.class_names, dataset=args.dataset, model=model.name,
                              name="--dataset")
     checks.window(args.window, args.stride, model.input_shape, _WINDOW)
