@@ -8,6 +8,10 @@ from the untouched image's probabilities, into two per-window accumulators ``[nu
 of images plus the accumulators, whatever the number of windows. Each pair's randomness comes from
 ``fold_in(fold_in(key, w), s)``, so results do not depend on the chunk size or devices.
 
+:func:`explain_batch` runs N images through the same steps: windows are numbered over the batch
+(``g = n · W + w`` for window ``w`` of image ``n``), image ``n`` has its own key ``fold_in(key, n)``, and
+a chunk may hold pairs of several images, so images with few windows still fill the device's batch.
+
 The second moments give each window's standard error of its mean probability at no extra forward
 pass; :func:`undesirable_jax.evidence.pixel_evidence` turns them into ``Explanation.evidence_se``.
 ``num_samples=(min, max)`` with ``target_se`` samples adaptively: every window gets ``min`` samples,
