@@ -25,6 +25,8 @@ is interrupted at twice its plan (at the next Python statement; a compile in pro
 10. ``evaluate``: ``undesirable-jax evaluate`` on 20 digits, end to end, in a fresh process.
 11. ``black_box``: ``bench_black_box.py`` on the same card (NumPy and PyTorch classifiers through the
     engine against their own batched rate; ResNet-18 through ``from_torch`` against Captum Occlusion).
+12. ``dataset``: ``bench_dataset.py`` on the same card (issue 22): 200 images at 224² through
+    ``explain_batch``, ResNet-50 bf16 and EfficientNet-Lite0; images/hour and the overhead ratio.
 
 Then a summary against the targets: engine ≥ 0.9× raw with every sampler; stride-1 PDA of a 224² image
 ≤ 30 s on an H100 (≤ 20 s on an H200); ≥ 5× Captum Occlusion's pass rate; ≥ 3× the plain loop;
@@ -71,7 +73,7 @@ from _common import PDA_PASSES, block, cast_classifier, load_note, random_resnet
 BUDGET_S = 450
 PLAN_S = {"env": 10, "raw": 60, "engine_bf16": 80, "full_image": 40, "captum": 30, "plain_loop": 35,
           "memory": 120, "mesh_local": 10, "engine_fp32": 70, "efficientnet": 45, "evaluate": 60,
-          "black_box": 60}
+          "black_box": 60, "dataset": 150}
 SAMPLERS = ("constant", "marginal", "blur", "conditional")
 TARGET_RAW, TARGET_CAPTUM, TARGET_LOOP, TARGET_MEMORY = 0.9, 5.0, 3.0, 0.10
 
@@ -140,6 +142,12 @@ class Run:
 # ---------------------------------------------------------------- models and timing
 
 _RAW = jax.jit(lambda c, b: c.probs(b))
+
+
+@jax.jit
+def _base_probs(clf, image):
+    """p(c|x) [K] of one image (jitted: the batch-1 forward compiles once)."""
+    return clf.probs(image[None])[0]
 
 
 def find_resnet50_weights() -> Path | None:
@@ -231,7 +239,7 @@ def make_chunks(run: Run, clf, image, sampler, chunk: int, stride: int = 1, mesh
     classes = int(jax.eval_shape(lambda c, b: c.probs(b), clf, image[None]).shape[-1])
     return Chunks(clf=clf, sampler=sampler, state=sampler.prepare(image, run.s.window), image=image,
                   ys=jnp.asarray(grid.ys), xs=jnp.asarray(grid.xs), rows=jnp.arange(classes, dtype=jnp.int32),
-                  p0=E._base_probs(clf, image),
+                  p0=_base_probs(clf, image),
                   mesh=m, chunk=E.plan_chunk(chunk * m.size, total, m.size), total=total,
                   window=run.s.window, samples=run.s.samples)
 
@@ -350,7 +358,7 @@ def part_full_image(run: Run) -> tuple[list, list, str]:
     clf = resnet50(run, "bfloat16")
     image = test_image(run)
     chunk = run.chunk.get("bfloat16") or run.s.batches[0]
-    block(E._base_probs(clf, image))               # the batch-1 forward compiles outside the timing
+    block(_base_probs(clf, image))               # the batch-1 forward compiles outside the timing
     t0 = time.perf_counter()
     ex = block(uj.explain(clf, image, window=run.s.window, stride=1, sampler=uj.samplers.constant(0.0),
                           num_samples=run.s.samples, key=jax.random.key(0), chunk_size=chunk))
@@ -431,7 +439,7 @@ def part_plain_loop(run: Run) -> tuple[list, list, str]:
     bsz = wpb * run.s.samples
 
     def f(c, b):  # batch-1 calls (the loop's unperturbed image) reuse explain's compiled forward
-        return _RAW(c, b) if b.shape[0] == bsz else E._base_probs(c, b[0])[None]
+        return _RAW(c, b) if b.shape[0] == bsz else _base_probs(c, b[0])[None]
 
     block(f(clf, jnp.zeros((bsz, *image.shape))))
     rows = []
@@ -582,11 +590,30 @@ def part_evaluate(run: Run) -> tuple[list, list, str]:
 def part_black_box(run: Run) -> tuple[list, list, str]:
     """``bench_black_box`` (NumPy and PyTorch classifiers through the engine, and the ResNet-18 Captum
     comparison) in a fresh process on the same card; its printed tables become this part's notes."""
-    argv = ["--smoke"] if run.smoke else ["--device", "cuda", "--chunk", "256", "--small-chunk", "1024",
-                                          "--rounds", "3", "--no-append"]
+    argv = ["--smoke"] if run.smoke else ["--device", "cuda", "--chunk", "256", "--rounds", "3", "--no-append"]
     cmd = [sys.executable, str(Path(__file__).with_name("bench_black_box.py")), *argv]
     out, secs = run_fresh(run, cmd, "bench_black_box")
     return ["arguments", "wall s"], [[" ".join(argv), secs]], "Its output:\n\n" + out[-6000:]
+
+
+def part_dataset(run: Run) -> tuple[list, list, str]:
+    """``bench_dataset`` (issue 22) in fresh processes: 200 images at 224² through ``explain_batch``, window 16
+    stride 8 and a stride-1 row (window 10), ResNet-50 bf16 then EfficientNet-Lite0 fp32; images/hour
+    and the overhead ratio (target ≤ 1.15), plus the digits packing row. Extrapolate to 1,000 images by s/image."""
+    if run.smoke:
+        cases = [["--smoke"]]
+    else:
+        common = ["--size", "224", "--images", "200", "--batch-images", "8", "--stride1-size", "224",
+                  "--stride1-window", "10", "--stride1-images", "2", "--no-append"]
+        cases = [["--model", "resnet50", "--dtype", "bfloat16", *common],
+                 ["--model", "efficientnet_lite0", "--parts", "overhead", *common]]
+    rows, outs = [], []
+    for argv in cases:
+        cmd = [sys.executable, str(Path(__file__).with_name("bench_dataset.py")), *argv]
+        out, secs = run_fresh(run, cmd, "bench_dataset")
+        rows.append([" ".join(argv), secs])
+        outs.append(out[-4000:])
+    return ["arguments", "wall s"], rows, "Its output:\n\n" + "\n\n".join(outs)
 
 
 PARTS: dict[str, Callable[[Run], tuple[list, list, str]]] = {
@@ -594,6 +621,7 @@ PARTS: dict[str, Callable[[Run], tuple[list, list, str]]] = {
     "full_image": part_full_image, "captum": part_captum, "plain_loop": part_plain_loop, "memory": part_memory,
     "mesh_local": part_mesh_local, "engine_fp32": lambda r: part_engine(r, "float32"),
     "efficientnet": part_efficientnet, "evaluate": part_evaluate, "black_box": part_black_box,
+    "dataset": part_dataset,
 }
 
 

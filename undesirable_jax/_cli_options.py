@@ -162,8 +162,11 @@ def add_explain(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                     "With no arguments: EfficientNet-Lite0 (ImageNet) on the offline 'chelsea' photograph, coarse "
                     "windows (finishes in 20–35 s on 2 CPU cores, JAX compilation included).")
     e.add_argument("image", nargs="?", default=DEFAULT_IMAGE,
-                   help="an image file (PNG, JPEG, …) or the name of an offline sample image: "
-                        + ", ".join(sample_names()))
+                   help="an image file (PNG, JPEG, …), the name of an offline sample image ("
+                        + ", ".join(sample_names()) + "), or a folder: every image in it and its subfolders, "
+                        "one .npz each (no figure), resumable")
+    e.add_argument("--batch-images", type=int, default=8,
+                   help="with a folder: images explained together, their windows sharing the engine's steps")
     _window_options(e, required=False)
     e.add_argument("--budget", type=float, default=None,
                    help="adaptive windows: a stride-1 map from this fraction of the stride-1 passes (0 < B <= 1), "

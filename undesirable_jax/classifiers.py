@@ -138,16 +138,22 @@ def resolve_outputs(classifier: Any, image: Any) -> Classifier:
 
 
 @jax.jit
-def raw_output(clf: Classifier, image: jnp.ndarray) -> jnp.ndarray:
-    """The classifier's own output [K] (float32, no softmax) on one image [H, W, C]."""
-    out = clf(image[None])
+def raw_outputs(clf: Classifier, images: jnp.ndarray) -> jnp.ndarray:
+    """The classifier's own outputs [N, K] (float32, no softmax) on images [N, H, W, C]."""
+    out = clf(images)
     if not isinstance(out, (jax.Array, np.ndarray)):
         raise TypeError(f"classifier: must return an array [N, K], got {type(out).__name__}; return the logits "
                         "(or probabilities) array itself (not None, a tuple or a dict)")
-    if out.ndim != 2 or out.shape[0] != 1:
+    if out.ndim != 2 or out.shape[0] != images.shape[0]:
         raise ValueError(f"classifier: must map images [N, H, W, C] to [N, K], got output shape {out.shape} "
-                         f"for input {(1, *image.shape)}")
-    return out[0].astype(jnp.float32)
+                         f"for input {images.shape}")
+    return out.astype(jnp.float32)
+
+
+@jax.jit
+def raw_output(clf: Classifier, image: jnp.ndarray) -> jnp.ndarray:
+    """The classifier's own output [K] (float32, no softmax) on one image [H, W, C]."""
+    return raw_outputs(clf, image[None])[0]
 
 
 def output_probs(row: Any, outputs: str) -> jnp.ndarray:

@@ -120,7 +120,11 @@ def _explain_setup(args: argparse.Namespace) -> tuple[Any, Any, str]:
     checks.positive_int("--dpi", args.dpi, maximum=checks.MAX_DPI)
     checks.positive_number("--laplace-n", args.laplace_n)
     checks.output_dir(args.out_dir, "--out-dir")
-    raw, image_name = load_raw_image(args.image)
+    folder = Path(args.image).is_dir()
+    if folder and (args.budget is not None or args.alpha is not None or args.name is not None):
+        raise UsageError("--budget, --alpha, --name: not used when explaining a folder (arrays only, one .npz an "
+                         "image); drop them or explain one image")
+    raw, image_name = (None, Path(args.image).name) if folder else load_raw_image(args.image)
     model = _model(args)
     args.window = max(1, round(min(model.input_shape[:2]) / 7)) if args.window is None else args.window
     if args.budget is not None and args.stride is not None:
@@ -157,6 +161,8 @@ def run_explain(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     raw, model, image_name = _explain_setup(args)
+    if raw is None:
+        return _explain_folder(args, model, t0)
     stem = args.name or f"{image_name}-{model.name.replace(':', '-').replace('.', '-')}"
     paths = [checks.output_file(args.out_dir / f"{stem}.{ext}", "--out-dir") for ext in ("png", "npz")]
     image = _preprocessed(model, raw)
@@ -175,6 +181,25 @@ def run_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explain_folder(args: argparse.Namespace, model: Any, t0: float) -> int:
+    """``explain DIR``: every image of the folder, ``--batch-images`` per engine call (see ``_cli_folder``)."""
+    import jax
+    import numpy as np
+
+    from ._cli_folder import explain_folder
+
+    checks.positive_int("--batch-images", args.batch_images, maximum=None)
+    k_sampler, k_explain = jax.random.split(jax.random.key(args.seed))
+    pool_specs = args.pool if args.pool is not None else list(options.sample_names())
+    pool = lambda: np.stack([_preprocessed(model, load_raw_image(s, "--pool")[0]) for s in pool_specs])  # noqa: E731
+    _status(f"model {model.name}; folder {args.image}; sampler {args.sampler}, window {args.window}, stride "
+            f"{args.stride}, S={args.samples}, {args.batch_images} images a batch", args)
+    written = explain_folder(args, model, _sampler(args, pool, k_sampler), k_explain,
+                             lambda raw: _preprocessed(model, raw))
+    print(f"arrays: {len(written)} new .npz files in {args.out_dir}\ntime: {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ evaluate
 
 
@@ -185,6 +210,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     from . import data
     from .classifiers import resolve_outputs
+    from .data.imagenet import ilsvrc_labels
     from .evaluate import orchestrate
 
     out = options.check_evaluate_args(args)
@@ -200,6 +226,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         return 0
     orchestrate.claim(out, args.resume, share)
     model = _model(args)
+    dataset = data.Subset(ilsvrc_labels(full, model.class_names), args.limit)  # WordNet-id folders: ILSVRC labels
     data.check_model_classes(dataset.class_names, model.class_names, dataset=args.dataset, model=model.name,
                              name="--dataset")
     checks.window(args.window, args.stride, model.input_shape, _WINDOW)

@@ -8,6 +8,10 @@ from the untouched image's probabilities, into two per-window accumulators ``[nu
 of images plus the accumulators, whatever the number of windows. Each pair's randomness comes from
 ``fold_in(fold_in(key, w), s)``, so results do not depend on the chunk size or devices.
 
+:func:`explain_batch` runs N images through the same steps: windows are numbered over the batch
+(``g = n · W + w`` for window ``w`` of image ``n``), image ``n`` has its own key ``fold_in(key, n)``, and
+a chunk may hold pairs of several images, so images with few windows still fill the device's batch.
+
 The second moments give each window's standard error of its mean probability at no extra forward
 pass; :func:`undesirable_jax.evidence.pixel_evidence` turns them into ``Explanation.evidence_se``.
 ``num_samples=(min, max)`` with ``target_se`` samples adaptively: every window gets ``min`` samples,
@@ -32,7 +36,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from . import checks
-from .classifiers import (Classifier, as_classifier, check_probs, decide_outputs, output_probs, rank_classes, raw_output,
+from .classifiers import (Classifier, as_classifier, check_probs, decide_outputs, output_probs, rank_classes, raw_outputs,
                           valid_probs)
 from .evidence import pixel_evidence, weight_of_evidence_se
 from .samplers import Sampler
@@ -42,6 +46,11 @@ DEFAULT_CHUNK = 256
 #: Memory budget of one chunk's perturbed images a device when ``chunk_size`` is not given: 512 MiB
 #: (256 images of up to 2 MiB each: 224² RGB float32 is 0.6 MiB; a 2048² RGB image gets 10 a chunk).
 CHUNK_BYTES = 2**29
+#: Host black boxes (``Classifier.differentiable`` False): default pairs a step, per device, fill this many
+#: bytes of float32 images (between DEFAULT_CHUNK and HOST_CHUNK_MAX), since every step pays the host
+#: callback's fixed cost (hand-over, conversion to NumPy, the call, the checks) once.
+HOST_CHUNK_BYTES = 32 * 2**20
+HOST_CHUNK_MAX = 8192
 
 
 @struct.dataclass
@@ -88,6 +97,12 @@ class Explanation:
         h, w = self.evidence.shape[-2:]
         return WindowGrid(int(h), int(w), self.window, self.stride)
 
+    def unstack(self) -> list["Explanation"]:
+        """The explanations of a stack (from :func:`explain_batch`), one per image."""
+        if np.ndim(self.probs) != 2:
+            raise ValueError("unstack: needs a stack of explanations [N, ...], got one explanation")
+        return [jax.tree.map(lambda a, i=i: a[i], self) for i in range(int(self.probs.shape[0]))]
+
     def row(self, class_id: int) -> int:
         """Row index of ``class_id`` in the arrays (a clear error when it was not kept)."""
         classes = np.asarray(self.classes)
@@ -128,7 +143,8 @@ def explain(
         ``target_se`` to sample adaptively (module docstring).
       key: ``jax.random.key``; the same key gives the same result.
       chunk_size: at most this many (window, sample) pairs per step, over all devices (None: 256
-        per device); the steps are balanced so the last one is not mostly padding. Memory grows
+        per device; more for a host black box on small images, :func:`default_chunk`); the steps
+        are balanced so the last one is not mostly padding. Memory grows
         with it, not with the window count.
       classes: class ids whose rows to keep (default: all K).
       laplace_n: N of the Laplace correction (training-set size).
@@ -143,9 +159,66 @@ def explain(
     lo, hi = check_samples(num_samples, target_se)
     run = prepare(classifier, image, window=window, stride=stride, sampler=sampler, key=key,
                   classes=classes, laplace_n=laplace_n, mesh=mesh, progress=progress)
-    num_windows = run.grid.num_windows
+    acc, counts = sample_windows(run, lo, hi, target_se, chunk_size)
+    return run.explanation(acc, counts, stride=stride, num_samples=hi)
+
+
+def explain_batch(
+    classifier: Any,
+    images: Any,
+    *,
+    window: int = 10,
+    stride: int = 1,
+    sampler: Sampler,
+    num_samples: int | tuple[int, int] = 10,
+    key: jax.Array,
+    chunk_size: int | None = None,
+    classes: Sequence[int] | None = None,
+    laplace_n: float = 100_000,
+    mesh: Mesh | str | None = None,
+    progress: bool = False,
+    target_se: float | None = None,
+    indices: Sequence[int] | None = None,
+) -> Explanation:
+    """:func:`explain` for a batch ``[N, H, W, C]``: the pairs of all N images share the same chunks.
+
+    A separate function rather than ``explain`` accepting both shapes: the result is a *stacked*
+    :class:`Explanation` (every array gets a leading image axis: ``evidence [N, K, H, W]``), and its
+    keys are derived per image, so a ``[1, H, W, C]`` batch is not the same call as its one image.
+    Image ``i`` uses the key ``jax.random.fold_in(key, indices[i])`` (``indices`` default ``0 … N−1``; pass
+    the images' positions in a data set so that a result does not depend on how the set was split into
+    batches): its explanation equals ``explain(images[i], key=jax.random.fold_in(key, indices[i]))`` (up to float32 summation order) and does not
+    depend on the other images of the batch. One step takes ``chunk_size`` (image, window, sample)
+    triples, so many images with few windows each fill the device's batch (a coarse grid, a small
+    model), and the Python work per step is shared by the whole batch.
+
+    Memory: one chunk of perturbed images plus the accumulators ``[N · windows, K]`` (two of them)
+    and the N stacked explanations; pass ``classes`` to keep only the rows you need (1,000 classes at
+    stride 1 on 224² images are about 0.2 GB an accumulator per image), and split a large data set into
+    batches of a size that fits. Each (image, window) pair is counted against the int32 pair limit.
+    ``unstack()`` turns the result into one :class:`Explanation` per image.
+
+    Args: as in :func:`explain`, with ``images`` a float array ``[N, H, W, C]`` (N ≥ 1); ``classes`` is
+    applied to every image; ``target_se`` steers each image by its own top-1 class.
+    """
+    lo, hi = check_samples(num_samples, target_se)
+    key = checks.prng_key(key)
+    imgs = _check_image(images, batch=True)
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(_check_indices(indices, imgs.shape[0]))
+    run = prepare_batch(classifier, imgs, keys, window=window, stride=stride, sampler=sampler, classes=classes,
+                        laplace_n=laplace_n, mesh=mesh, progress=progress)
+    acc, counts = sample_windows(run, lo, hi, target_se, chunk_size)
+    return run.explanations(acc, counts, stride=stride, num_samples=hi)
+
+
+def sample_windows(run: "Run", lo: int, hi: int, target_se: float | None,
+                   chunk_size: int | None) -> tuple[tuple, np.ndarray]:
+    """Every window of every image of ``run`` gets ``lo`` samples, then (with ``target_se``) the imprecise
+    ones get more, doubling up to ``hi``: the accumulators and the samples per window ``[N · W]``."""
+    num_windows = run.num_images * run.grid.num_windows
     check_pair_count(num_windows, hi)
-    chunk = plan_chunk(chunk_size, num_windows * lo, run.mesh.size, **run.chunk_hints())
+    chunk = plan_chunk(chunk_size, num_windows * lo, run.mesh.size, default=default_chunk(run.clf, run.images.shape[1:]),
+                       **run.chunk_hints())
     counts = np.zeros(num_windows, np.int64)
     active = np.arange(num_windows)
     acc = run.zeros()
@@ -156,10 +229,10 @@ def explain(
         counts[active] += m
         if m == 0 or target_se is None:
             break
-        top = rank_classes(run.p0, run.rows)[:1]
-        se = np.asarray(run.window_stats(acc, counts, top)[2][:, 0])
+        top = np.stack([np.asarray(rank_classes(p, run.rows)[:1]) for p in np.asarray(run.base)])
+        se = np.asarray(run.batch_stats(acc, counts, top)[2][..., 0]).reshape(-1)
         active = active[(counts[active] < hi) & ~(se[active] <= target_se)]
-    return run.explanation(acc, counts, stride=stride, num_samples=hi)
+    return acc, counts
 
 
 def check_samples(num_samples: Any, target_se: Any) -> tuple[int, int]:
@@ -195,19 +268,24 @@ def check_pair_count(num_windows: int, num_samples: int) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """Everything fixed for one image (from :func:`prepare`): evaluate any windows' samples with it.
+    """Everything fixed for N images (from :func:`prepare` or :func:`prepare_batch`): evaluate any
+    windows' samples with it.
 
-    ``grid`` is the window grid whose indices ``w`` key the pairs: ``fold_in(fold_in(key, w), s)``.
+    Windows are numbered over the batch, ``g = n · W + w`` (image ``n``, window ``w`` of ``grid``), and
+    pair ``(g, s)`` uses the key ``fold_in(fold_in(keys[n], w), s)``. ``state`` is the sampler's state
+    with a leading image axis on the leaves listed in ``batched`` (the leaves that differ between the
+    images; a leaf shared by all, such as a conditional sampler's matrices, is stored once).
     """
 
     clf: Classifier
     sampler: Sampler
     state: Any
-    image: jnp.ndarray
-    key: jax.Array
+    batched: tuple[bool, ...]  # per leaf of ``state``: has an image axis
+    images: jnp.ndarray        # [N, H, W, C]
+    keys: jax.Array            # [N]
     grid: WindowGrid
     rows: jnp.ndarray
-    p0: jnp.ndarray          # [R] p(c|x) of the untouched image, kept rows
+    base: jnp.ndarray          # [N, R] p(c|x) of the untouched images, kept rows
     num_classes: int
     laplace_n: float
     mesh: Mesh
@@ -217,34 +295,55 @@ class Run:
         """What :func:`plan_chunk` needs of this run: the bytes of one perturbed image, a fixed batch."""
         from .black_boxes import fixed_batch
 
-        return {"item_bytes": int(self.image.size) * 4, "fixed_batch": fixed_batch(self.clf)}
+        return {"item_bytes": int(math.prod(self.images.shape[1:])) * 4, "fixed_batch": fixed_batch(self.clf)}
+
+    @property
+    def num_images(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def p0(self) -> jnp.ndarray:
+        """``[R]`` p(c|x) of the untouched image of a one-image run."""
+        self._check_single("p0")
+        return self.base[0]
 
     def zeros(self) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
         """Fresh per-device accumulators (sums, squared distances from p0) and the NaN flag."""
-        return _zeros(self.mesh, self.grid.num_windows, int(self.rows.shape[0]))
+        return _zeros(self.mesh, self.num_images * self.grid.num_windows, int(self.rows.shape[0]))
 
     def evaluate(self, acc: tuple, windows: np.ndarray, s_start: int, s_count: int, chunk: int) -> tuple:
-        """Add samples ``s_start … s_start+s_count−1`` of the windows ``windows`` (grid indices) into ``acc``."""
+        """Add samples ``s_start … s_start+s_count−1`` of the windows ``windows`` (batch indices ``g``) into ``acc``."""
         total = int(windows.size) * s_count
         if total == 0:
             return acc
-        wins = np.zeros(self.grid.num_windows, np.int32)  # padded to one shape: one compile per chunk size
+        wins = np.zeros(self.num_images * self.grid.num_windows, np.int32)  # one shape: one compile per chunk
         wins[:windows.size] = windows
         ys, xs = jnp.asarray(self.grid.ys), jnp.asarray(self.grid.xs)
         args = (jnp.asarray(wins), jnp.int32(s_start), jnp.int32(s_count), jnp.int32(total))
         sums, squares, bad = acc
         for start in tqdm(range(0, total, chunk), desc="windows", unit="chunk", disable=not self.progress):
-            sums, squares, bad = _step(self.clf, self.sampler, self.state, self.image, self.key, ys, xs,
-                                       self.rows, self.p0, *args, jnp.int32(start), sums, squares, bad,
-                                       window=self.grid.window, chunk=chunk, mesh=self.mesh)
+            sums, squares, bad = _step(self.clf, self.sampler, self.state, self.images, self.keys, ys, xs,
+                                       self.rows, self.base, *args, jnp.int32(start), sums, squares, bad,
+                                       window=self.grid.window, chunk=chunk, mesh=self.mesh,
+                                       batched=self.batched)
         return sums, squares, bad
 
     def window_stats(self, acc: tuple, counts: np.ndarray, rows: Any = None) -> tuple[jnp.ndarray, jnp.ndarray,
                                                                                         jnp.ndarray]:
-        """``(mean [W, R], se of the mean [W, R], se of the WE [W, R])`` from the accumulators.
+        """``(mean [W, R], se of the mean [W, R], se of the WE [W, R])`` of a one-image run.
 
         ``rows``: only these of the kept rows (indices), e.g. to steer sampling cheaply when K is large.
         Windows with no sample get NaN means; windows with one sample NaN standard errors.
+        """
+        self._check_single("window_stats")
+        stats = self.batch_stats(acc, counts, None if rows is None else np.asarray(rows)[None])
+        return tuple(a[0] for a in stats)
+
+    def batch_stats(self, acc: tuple, counts: np.ndarray, rows: Any = None) -> tuple[jnp.ndarray, jnp.ndarray,
+                                                                                       jnp.ndarray]:
+        """``(mean, se of the mean, se of the WE)``, each ``[N, W, R]``, from the accumulators.
+
+        ``counts`` [N · W]: samples per window. ``rows`` [N, k]: only these of the kept rows, per image.
         """
         sums, squares, bad = acc
         any_bad = bool(jnp.any(bad))
@@ -253,22 +352,36 @@ class Run:
             raise ValueError("classifier: returned NaN or inf, or probabilities outside [0, 1] or not summing to "
                              "1, on a perturbed image; check the model and that the sampler's fills lie in the "
                              "input range it expects")
+        shape = (self.num_images, self.grid.num_windows)
+        counts = jnp.asarray(np.asarray(counts).reshape(shape), jnp.float32)
+        rows = None if rows is None else jnp.asarray(rows, jnp.int32)
         # The one reduction over devices; the result lives on one device, like the image's explanation.
         one = jax.local_devices()[0]
         sums, squares = (jax.device_put(jnp.sum(a, axis=0), one) for a in (sums, squares))
-        p0 = self.p0
-        if rows is not None:
-            rows = jnp.asarray(rows)
-            sums, squares, p0 = sums[:, rows], squares[:, rows], p0[rows]
-        return _moments(sums, squares, jnp.asarray(counts, jnp.float32), p0, self.laplace_n, self.num_classes)
+        return _batch_moments(sums, squares, counts, self.base, rows, self.laplace_n, self.num_classes)
 
     def explanation(self, acc: tuple, counts: np.ndarray, *, stride: int, num_samples: int) -> Explanation:
-        """The :class:`Explanation` of windows that were all evaluated (``counts`` ≥ 1 each)."""
+        """The :class:`Explanation` of a one-image run whose windows were all evaluated (``counts`` ≥ 1)."""
         mean, se, _ = self.window_stats(acc, counts)
         return self.assemble(mean, se, counts, stride=stride, num_samples=num_samples)
 
+    def explanations(self, acc: tuple, counts: np.ndarray, *, stride: int, num_samples: int) -> Explanation:
+        """The stacked :class:`Explanation` ``[N, …]`` of a run whose windows were all evaluated."""
+        mean, se, _ = self.batch_stats(acc, counts)
+        window_probs, window_se, evidence, evidence_se = _batch_maps(mean, se, self.base, self.grid,
+                                                                     self.laplace_n, self.num_classes)
+        n = self.num_images
+        return Explanation(
+            evidence=evidence, probs=self.base, classes=jnp.broadcast_to(self.rows, (n, self.rows.shape[0])),
+            coverage=jnp.broadcast_to(jnp.asarray(self.grid.coverage()), (n, *self.grid.coverage().shape)),
+            window_probs=window_probs, window=int(self.grid.window), stride=int(stride),
+            num_samples=int(num_samples), num_classes=self.num_classes, laplace_n=float(self.laplace_n),
+            evidence_se=evidence_se, window_probs_se=window_se,
+            window_samples=jnp.asarray(np.asarray(counts).reshape(n, *self.grid.shape), jnp.int32),
+            outputs=self.clf.outputs)
+
     def assemble(self, mean, se, counts, *, stride: int, num_samples: int) -> Explanation:
-        """An :class:`Explanation` from per-window means and standard errors ``[W, R]`` on ``grid``."""
+        """An :class:`Explanation` from per-window means and standard errors ``[W, R]`` (one-image run)."""
         window_probs, window_se, evidence, evidence_se = _maps(mean, se, self.p0, self.grid, self.laplace_n,
                                                                self.num_classes)
         return Explanation(
@@ -280,29 +393,91 @@ class Run:
             window_samples=jnp.asarray(np.asarray(counts).reshape(self.grid.shape), jnp.int32),
             outputs=self.clf.outputs)
 
+    def _check_single(self, what: str) -> None:
+        if self.num_images != 1:
+            raise ValueError(f"Run.{what}: this run holds {self.num_images} images; use the batch_* methods")
+
 
 def prepare(classifier: Any, image: Any, *, window: int, stride: int, sampler: Sampler, key: jax.Array,
             classes: Sequence[int] | None, laplace_n: float, mesh: Mesh | str | None, progress: bool) -> Run:
-    """Check the inputs, classify the untouched image and prepare the sampler: a :class:`Run`."""
-    clf = as_classifier(classifier)
+    """Check the inputs, classify the untouched image and prepare the sampler: a one-image :class:`Run`."""
     img = _check_image(image)
-    grid = WindowGrid(img.shape[0], img.shape[1], window, stride)
+    key = checks.prng_key(key)
+    return prepare_batch(classifier, img[None], key[None], window=window, stride=stride, sampler=sampler,
+                         classes=classes, laplace_n=laplace_n, mesh=mesh, progress=progress)
+
+
+def prepare_batch(classifier: Any, images: jnp.ndarray, keys: jax.Array, *, window: int, stride: int,
+                  sampler: Sampler, classes: Sequence[int] | None, laplace_n: float, mesh: Mesh | str | None,
+                  progress: bool) -> Run:
+    """A :class:`Run` for checked images ``[N, H, W, C]`` (float32) with one key each ``[N]``."""
+    clf = as_classifier(classifier)
+    grid = WindowGrid(images.shape[1], images.shape[2], window, stride)
     if not isinstance(sampler, Sampler):
         raise TypeError(
             f"sampler: expected a sampler such as undesirable_jax.samplers.constant(0.0), got "
             f"{type(sampler).__name__}")
     if not (isinstance(laplace_n, (int, float)) and math.isfinite(laplace_n) and laplace_n > 0):
         raise ValueError(f"laplace_n: must be a positive number (training-set size), got {laplace_n!r}")
-    key = checks.prng_key(key)
-    raw = raw_output(clf, img)   # one compile per classifier and image shape, "auto" or not
+    raw = raw_outputs(clf, images)   # one compile per classifier and batch shape, "auto" or not
     jax.block_until_ready(raw)
     clf.raise_host_error()  # a black box's own error, kept by its host callback, comes first
-    clf = clf.replace(outputs=decide_outputs(np.asarray(raw), clf.outputs))   # "auto" decided here, once
+    host_raw = np.asarray(raw)
+    clf = clf.replace(outputs=decide_outputs(host_raw[0], clf.outputs))   # "auto" decided here, once
+    for i in range(1, host_raw.shape[0]):   # every other image of the batch must agree with that decision
+        _per_image(i, decide_outputs, host_raw[i], clf.outputs)
     base = output_probs(raw, clf.outputs)
-    num_classes = check_probs(base, clf.outputs)
+    host_base = np.asarray(base)
+    num_classes = check_probs(host_base[0], clf.outputs)
+    for i in range(1, host_base.shape[0]):
+        _per_image(i, check_probs, host_base[i], clf.outputs)
     rows = _check_classes(classes, num_classes)
-    return Run(clf, sampler, sampler.prepare(img, window), img, key, grid, rows, base[rows], num_classes,
+    state, batched = stack_states([sampler.prepare(img, window) for img in images])
+    return Run(clf, sampler, state, batched, images, keys, grid, rows, base[:, rows], num_classes,
                float(laplace_n), _check_mesh(mesh), bool(progress))
+
+
+def _per_image(index: int, check: Any, *args: Any) -> Any:
+    """``check(*args)`` for image ``index`` of a batch, its error naming the image."""
+    try:
+        return check(*args)
+    except ValueError as e:
+        raise ValueError(f"images[{index}]: {e}") from e
+
+
+def stack_states(states: list) -> tuple[Any, tuple[bool, ...]]:
+    """One sampler state for N images: leaves that differ get a leading image axis, shared ones are kept once.
+
+    Returns the state and, per leaf (in ``jax.tree.leaves`` order), whether it has the image axis.
+    """
+    flat = [jax.tree_util.tree_flatten(s) for s in states]
+    treedef = flat[0][1]
+    if any(t != treedef for _, t in flat):
+        raise ValueError("sampler: prepared states of different structure for the images of one batch")
+    leaves, batched = [], []
+    for column in zip(*(f[0] for f in flat)):
+        shared = all(leaf is column[0] for leaf in column)
+        leaves.append(column[0] if shared else jnp.stack(column))
+        batched.append(not shared)
+    return jax.tree_util.tree_unflatten(treedef, leaves), tuple(batched)
+
+
+def _state_of(state: Any, batched: tuple[bool, ...], n: jnp.ndarray) -> Any:
+    """Image ``n``'s sampler state from the stacked state of :func:`stack_states`."""
+    leaves, treedef = jax.tree_util.tree_flatten(state)
+    return jax.tree_util.tree_unflatten(treedef, [leaf[n] if b else leaf for leaf, b in zip(leaves, batched)])
+
+
+@functools.partial(jax.jit, static_argnames=("laplace_n", "num_classes"))
+def _batch_moments(sums, squares, counts, base, rows, laplace_n, num_classes):
+    """:func:`_moments` per image: summed accumulators ``[N · W, R]`` → ``[N, W, R]`` (or the ``rows``)."""
+    n, w = counts.shape
+    sums, squares = (a.reshape(n, w, -1) for a in (sums, squares))
+    p0 = base[:, None, :]
+    if rows is not None:
+        take = lambda a: jnp.take_along_axis(a, rows[:, None, :], axis=-1)  # noqa: E731
+        sums, squares, p0 = take(sums), take(squares), take(p0)
+    return _moments(sums, squares, counts[..., None], p0, laplace_n, num_classes)
 
 
 @functools.partial(jax.jit, static_argnames=("laplace_n", "num_classes"))
@@ -313,7 +488,7 @@ def _moments(sums, squares, counts, p0, laplace_n, num_classes):
     the variance of a probability near 1. Sample variance with n − 1; NaN for n < 2 (and n = 0). A
     variance within float32 rounding of the two sums (identical samples, as from a fixed fill) is 0.
     """
-    n = counts[:, None]
+    n = counts
     mean = sums / n
     d = mean - p0
     centred = squares - n * d * d
@@ -333,6 +508,12 @@ def _maps(mean, se, p0, grid, laplace_n, num_classes):
     window_se = se.T.reshape(r, ny, nx)
     evidence, evidence_se = pixel_evidence(grid, p0[:, None, None], window_probs, laplace_n, num_classes, window_se)
     return window_probs, window_se, evidence, evidence_se
+
+
+@functools.partial(jax.jit, static_argnames=("grid", "laplace_n", "num_classes"))
+def _batch_maps(mean, se, base, grid, laplace_n, num_classes):
+    """:func:`_maps` for each image: ``[N, W, R]`` → stacked maps."""
+    return jax.vmap(lambda m, e, p: _maps(m, e, p, grid, laplace_n, num_classes))(mean, se, base)
 
 
 def pair_indices(start: jnp.ndarray, chunk: int, total: int) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -360,33 +541,56 @@ def perturb_at(sampler: Sampler, state: Any, image: jnp.ndarray, key: jax.Array,
     return jax.vmap(lambda p, a, b: jax.lax.dynamic_update_slice(image, p, (a, b, zero)))(patches, y, x)
 
 
-@functools.partial(jax.jit, static_argnames=("window", "chunk", "mesh"), donate_argnames=("acc", "sq"))
-def _step(clf, sampler, state, image, key, ys, xs, rows, p0, wins, s_start, s_count, total, start, acc, sq, bad,
-          *, window, chunk, mesh):
+def perturb_images(sampler: Sampler, state: Any, batched: tuple[bool, ...], images: jnp.ndarray, keys: jax.Array,
+                   ys: jnp.ndarray, xs: jnp.ndarray, n: jnp.ndarray, w: jnp.ndarray, s: jnp.ndarray, *,
+                   window: int) -> jnp.ndarray:
+    """The perturbed images ``[P, H, W, C]``: image ``n``, window ``w`` (grid index), sample ``s``, per pair.
+
+    With one image (nothing ``batched``) this is :func:`perturb_at` of ``images[0]``, pair for pair.
+    """
+    nx = xs.shape[0]
+    y, x = ys[w // nx], xs[w % nx]
+    zero = jnp.zeros((), jnp.int32)
+
+    def one(n, w, s, y, x):
+        image = images[n]
+        key = jax.random.fold_in(jax.random.fold_in(keys[n], w), s)
+        patch = sampler.fill(_state_of(state, batched, n), image, window, key, y, x, s)
+        return jax.lax.dynamic_update_slice(image, patch, (y, x, zero))
+
+    return jax.vmap(one)(n, w, s, y, x)
+
+
+@functools.partial(jax.jit, static_argnames=("window", "chunk", "mesh", "batched"), donate_argnames=("acc", "sq"))
+def _step(clf, sampler, state, images, keys, ys, xs, rows, base, wins, s_start, s_count, total, start, acc, sq,
+          bad, *, window, chunk, mesh, batched):
     """One chunk of the pairs ``i → (window wins[i // s_count], sample s_start + i % s_count)``, ``i < total``.
 
-    Each of the mesh's devices takes ``chunk / devices`` consecutive pairs and adds their
-    probabilities into its own ``acc [W, R]`` and their squared distances from ``p0`` into ``sq [W, R]``.
+    ``wins`` holds batch window numbers ``g = n · W + w`` (image ``n``). Each of the mesh's devices
+    takes ``chunk / devices`` consecutive pairs and adds their probabilities into its own
+    ``acc [N · W, R]`` and their squared distances from image ``n``'s ``base`` into ``sq [N · W, R]``.
     """
     per_device = chunk // mesh.size
     axes = mesh.axis_names
+    num_windows = ys.shape[0] * xs.shape[0]
 
-    def local(clf, sampler, state, image, key, ys, xs, rows, p0, wins, s_start, s_count, total, start, acc, sq,
-              bad):
+    def local(clf, sampler, state, images, keys, ys, xs, rows, base, wins, s_start, s_count, total, start, acc,
+              sq, bad):
         offset = start + _flat_axis_index(mesh) * per_device
         pairs, valid = pair_indices(offset, per_device, total)
-        w, s = wins[pairs // s_count], s_start + pairs % s_count
-        batch = perturb_at(sampler, state, image, key, ys, xs, w, s, window=window)
+        g, s = wins[pairs // s_count], s_start + pairs % s_count
+        n, w = g // num_windows, g % num_windows
+        batch = perturb_images(sampler, state, batched, images, keys, ys, xs, n, w, s, window=window)
         full = clf.probs(batch)  # padding pairs repeat the last real pair, so every row is checked
         bad = bad | ~valid_probs(full)
         probs = jnp.where(valid[:, None], full[:, rows], 0.0)
-        d = jnp.where(valid[:, None], probs - p0, 0.0)
-        return acc.at[0, w].add(probs), sq.at[0, w].add(d * d), bad
+        d = jnp.where(valid[:, None], probs - base[n], 0.0)
+        return acc.at[0, g].add(probs), sq.at[0, g].add(d * d), bad
 
     rep, sharded = PartitionSpec(), PartitionSpec(axes)
     return jax.shard_map(local, mesh=mesh, in_specs=(rep,) * 14 + (sharded,) * 3,
                          out_specs=(sharded,) * 3, check_vma=False)(
-        clf, sampler, state, image, key, ys, xs, rows, p0, wins, s_start, s_count, total, start, acc, sq, bad)
+        clf, sampler, state, images, keys, ys, xs, rows, base, wins, s_start, s_count, total, start, acc, sq, bad)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
@@ -420,20 +624,30 @@ def _check_mesh(mesh: Mesh | str | None) -> Mesh:
     return mesh
 
 
+def default_chunk(classifier: Any, image_shape: Sequence[int]) -> int:
+    """Pairs per device and step when ``chunk_size`` is None: :data:`DEFAULT_CHUNK` for a JAX classifier;
+    for a host black box as many images as fit :data:`HOST_CHUNK_BYTES` (within ``[DEFAULT_CHUNK,
+    HOST_CHUNK_MAX]``): small images through a host function are otherwise dominated by each call's fixed cost."""
+    if as_classifier(classifier).differentiable:
+        return DEFAULT_CHUNK
+    image_bytes = 4 * math.prod(int(d) for d in image_shape)
+    return int(min(HOST_CHUNK_MAX, max(DEFAULT_CHUNK, HOST_CHUNK_BYTES // image_bytes)))
+
+
 def plan_chunk(chunk_size: int | None, total: int, devices: int, item_bytes: int = 0,
-               fixed_batch: int | None = None) -> int:
-    """Pairs per step: at most ``chunk_size`` (default 256 a device, fewer when 256 perturbed images of
-    ``item_bytes`` each would exceed :data:`CHUNK_BYTES` a device), a multiple of the device count,
-    and balanced so the steps needed for ``total`` pairs carry the least padding.
+               fixed_batch: int | None = None, *, default: int = DEFAULT_CHUNK) -> int:
+    """Pairs per step: at most ``chunk_size`` (default ``default`` a device, see :func:`default_chunk`; fewer
+    when that many perturbed images of ``item_bytes`` each would exceed :data:`CHUNK_BYTES` a device), a
+    multiple of the device count, and balanced so the steps needed for ``total`` pairs carry the least padding.
 
     ``fixed_batch``: the one batch size a black box accepts; the default chunk is then a multiple of
     it on each device (as many as the budget allows, at least one), so the calls are full instead of
     padded (the model file's fixed batch was checked against the same budget when it was loaded). An explicit
     ``chunk_size`` whose images would not fit in this machine's memory is refused naming one that does.
     """
-    per_device = max(1, CHUNK_BYTES // item_bytes) if item_bytes else DEFAULT_CHUNK
+    per_device = max(1, CHUNK_BYTES // item_bytes) if item_bytes else default
     if chunk_size is None:
-        limit = min(DEFAULT_CHUNK, per_device) * devices
+        limit = min(default, per_device) * devices
         if fixed_batch is not None:   # whole calls of the fixed batch on each device, no more than needed
             per_call = fixed_batch * devices
             return per_call * min(max(1, limit // per_call), -(-total // per_call))
@@ -459,23 +673,35 @@ def _machine_bytes() -> int:
         return 2**62
 
 
-def _check_image(image: Any) -> jnp.ndarray:
+def _check_image(image: Any, *, batch: bool = False) -> jnp.ndarray:
+    """One image ``[H, W, C]`` (or, with ``batch``, images ``[N, H, W, C]``) as a finite float32 array."""
+    name, want = ("images", "a batch [N, H, W, C]") if batch else ("image", "one image [H, W, C]")
     try:
         arr = jnp.asarray(image)
     except TypeError as e:
-        raise TypeError(f"image: expected a numeric array [H, W, C], got {type(image).__name__}") from e
-    if arr.ndim == 2:
-        raise ValueError(f"image: expected one image [H, W, C], got shape {arr.shape} without a channel axis; "
-                         "add one: image[..., None]")
-    if arr.ndim != 3:
-        raise ValueError(f"image: expected one image [H, W, C], got shape {arr.shape}; "
-                         + ("for a batch, call explain once per image" if arr.ndim == 4 else "pass [H, W, C]"))
+        raise TypeError(f"{name}: expected a numeric array {want[want.index('['):]}, got {type(image).__name__}") from e
+    if arr.ndim == (3 if batch else 2):
+        raise ValueError(f"{name}: expected {want}, got shape {arr.shape} without a channel axis; "
+                         f"add one: {name}[..., None]")
+    if arr.ndim != (4 if batch else 3) or (batch and arr.shape[0] < 1):
+        other = ("for one image [H, W, C], call explain" if batch else
+                 "for a batch [N, H, W, C], call explain_batch (or explain once per image)")
+        raise ValueError(f"{name}: expected {want}, got shape {arr.shape}; {other}")
     if not (jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)):
-        raise TypeError(f"image: expected a float array, got dtype {arr.dtype}")
+        raise TypeError(f"{name}: expected a float array, got dtype {arr.dtype}")
     arr = arr.astype(jnp.float32)
     if not bool(jnp.all(jnp.isfinite(arr))):
-        raise ValueError("image: contains NaN or inf; clean the image or its preprocessing")
+        raise ValueError(f"{name}: contains NaN or inf; clean the image or its preprocessing")
     return arr
+
+
+def _check_indices(indices: Sequence[int] | None, n: int) -> jnp.ndarray:
+    if indices is None:
+        return jnp.arange(n, dtype=jnp.int32)
+    arr = np.asarray(indices)
+    if arr.shape != (n,) or not np.issubdtype(arr.dtype, np.integer) or arr.min() < 0 or arr.max() > checks.INT32_MAX:
+        raise ValueError(f"indices: expected {n} non-negative integer ids, one per image, got {indices!r}")
+    return jnp.asarray(arr, jnp.int32)
 
 
 def _check_classes(classes: Sequence[int] | None, num_classes: int) -> jnp.ndarray:

@@ -28,7 +28,7 @@ import numpy as np
 
 from . import checks
 from .classifiers import Classifier, as_classifier, resolve_outputs
-from .engine import explain, plan_chunk
+from .engine import default_chunk, explain, plan_chunk
 from .samplers import Sampler
 from .windows import WindowGrid
 
@@ -154,7 +154,7 @@ def engine_throughput(classifier: Any, image: Any, sampler: Sampler, *, window: 
     key = jax.random.key(0) if key is None else key
     grid = WindowGrid(img.shape[0], img.shape[1], window, stride)
     pairs = grid.num_windows * num_samples
-    chunk = plan_chunk(chunk_size, pairs, 1, item_bytes=int(img.size) * 4)
+    chunk = plan_chunk(chunk_size, pairs, 1, item_bytes=int(img.size) * 4, default=default_chunk(clf, img.shape))
     calls = -(-pairs // chunk)
 
     # The check runs on non-overlapping windows (fewer passes), with the same sampler and chunk.

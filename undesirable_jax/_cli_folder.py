@@ -1,0 +1,80 @@
+"""``undesirable-jax explain DIR``: every image of a folder (and its subfolders), many images per step.
+
+Images are listed recursively in sorted order of their paths relative to ``DIR``; image number ``i``
+of that list is explained with the key ``fold_in(key, i)`` (:func:`undesirable_jax.explain_batch`'s
+``indices``), so its result does not depend on ``--batch-images`` or on which images a resumed run still
+had to do. Each image gets one ``.npz`` (arrays only, no figure: a figure per image of a data set costs
+more than its PDA at coarse windows); an image whose ``.npz`` exists is skipped, so an interrupted run
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+def folder_images(root: Path) -> list[Path]:
+    """The image files under ``root`` (recursively), sorted by relative path; an error when there are none."""
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"image: the folder {str(root)!r} holds no image files ({', '.join(IMAGE_SUFFIXES)}); "
+                         "pass a folder of images or one image file")
+    return files
+
+
+def output_name(root: Path, path: Path, model_name: str) -> str:
+    """``<relative path with / as __, no suffix>-<model>.npz``: one distinct file per image."""
+    rel = path.relative_to(root).with_suffix("")
+    return "__".join(rel.parts) + "-" + model_name.replace(":", "-").replace(".", "-") + ".npz"
+
+
+def explain_folder(args: argparse.Namespace, model: Any, sampler: Any, key: Any, preprocess: Any) -> list[Path]:
+    """Explain every image of ``args.image`` not yet done; returns the ``.npz`` paths written."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from .data import resolve_image
+    from .engine import explain_batch
+
+    root = Path(args.image)
+    files = folder_images(root)
+    outs = [args.out_dir / output_name(root, f, model.name) for f in files]
+    todo = [i for i, o in enumerate(outs) if not o.exists()]
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    bar = tqdm(total=len(files), initial=len(files) - len(todo), desc="images", unit="image",
+               disable=args.no_progress)
+    for start in range(0, len(todo), args.batch_images):
+        part = todo[start:start + args.batch_images]
+        images = np.stack([preprocess(resolve_image(str(files[i]), "image")[0]) for i in part])
+        expl = explain_batch(model.classifier, images, window=args.window, stride=args.stride, sampler=sampler,
+                             num_samples=args.samples, key=key, chunk_size=args.chunk_size,
+                             laplace_n=args.laplace_n, indices=part, mesh=None if args.mesh == "none" else "local")
+        for i, image, one in zip(part, images, expl.unstack()):
+            _save(args, model, files[i], image, one, outs[i], i)
+            written.append(outs[i])
+            bar.update(1)
+    bar.close()
+    return written
+
+
+def _save(args: argparse.Namespace, model: Any, path: Path, image: Any, expl: Any, out: Path, index: int) -> None:
+    """One image's arrays and its factors (no new forward pass), written atomically (a resumed run never
+    finds half a file)."""
+    import numpy as np
+
+    from . import io
+    from .factors import factors
+
+    f = factors(expl, target=args.target, top_k=args.top_k, decouple=not args.plain)
+    io.save_npz(out, image=image, evidence=expl.evidence, probs=expl.probs, classes=expl.classes,
+                coverage=expl.coverage, window_probs=expl.window_probs, evidence_se=expl.evidence_se,
+                window_samples=expl.window_samples, target_class=f.target_class, target=f.target,
+                non_target_classes=f.non_target_classes, non_target=f.non_target, combined=f.combined,
+                window=args.window, stride=args.stride, num_samples=args.samples, seed=args.seed,
+                decoupled=not args.plain, index=index, source=str(path), model=model.name, sampler=args.sampler,
+                class_names=np.asarray(model.class_names))
