@@ -6,7 +6,7 @@ position has exactly the value the exhaustive run gives it. The window probabili
 positions are interpolated, and the maps are assembled from them exactly as ``explain`` assembles its own.
 
 - :func:`explain_uniform` evaluates the grid of one stride ``c`` (``0, c, 2c, …`` and the last position on
-  each axis, the positions of ``explain(stride=c)``) and interpolates separably along each axis
+  each axis: for ``c`` ≤ window the positions of ``explain(stride=c)``; a larger ``c`` is allowed) and interpolates separably along each axis
   (``linear``, or ``cubic``: a not-a-knot cubic spline), in the space of probabilities (clipped to [0, 1])
   or of their Laplace-corrected log-odds (``space``). Stride 1 is ``explain(stride=1)``.
 - :func:`explain_adaptive` spends ``budget`` (a fraction of the stride-1 passes). With ``refine=False``
@@ -106,7 +106,7 @@ def _uniform(run: Run, stride: int, s_count: int, chunk_size: int | None, interp
     fine = interpolate_grid(coarse, cy, cx, ny, nx, interpolation, space,
                             laplace_n=run.laplace_n, num_classes=run.num_classes)
     my, mx = axis_matrix(cy, ny, interpolation), axis_matrix(cx, nx, interpolation)
-    fine_se = np.sqrt(np.einsum("yi,rij,xj->ryx", my ** 2, coarse_se ** 2, mx ** 2))
+    fine_se = np.sqrt((my ** 2) @ coarse_se ** 2 @ (mx ** 2).T)
     fine_se[:, cy[:, None], cx[None, :]] = coarse_se
     return run.assemble(jnp.asarray(fine.reshape(r, -1).T, jnp.float32),
                         jnp.asarray(fine_se.reshape(r, -1).T, jnp.float32), counts, stride=1, num_samples=s_count)
@@ -137,10 +137,10 @@ def interpolate_grid(coarse: np.ndarray, cy: np.ndarray, cx: np.ndarray, ny: int
     my, mx = axis_matrix(cy, ny, interpolation), axis_matrix(cx, nx, interpolation)
     if space == "log-odds":
         lo = np.asarray(log_odds(laplace(jnp.asarray(coarse), laplace_n, num_classes)), np.float64)
-        q = 1.0 / (1.0 + np.exp(-np.einsum("yi,rij,xj->ryx", my, lo, mx) * np.log(2.0)))
+        q = 1.0 / (1.0 + np.exp(-my @ lo @ mx.T * np.log(2.0)))
         fine = (q * (laplace_n + num_classes) - 1.0) / laplace_n
     else:
-        fine = np.einsum("yi,rij,xj->ryx", my, coarse, mx)
+        fine = my @ coarse @ mx.T
     fine = np.clip(fine, 0.0, 1.0)
     fine[:, cy[:, None], cx[None, :]] = coarse
     return fine
@@ -148,7 +148,7 @@ def interpolate_grid(coarse: np.ndarray, cy: np.ndarray, cx: np.ndarray, ny: int
 
 def uniform_stride(budget: float, ny: int, nx: int) -> int:
     """The finest stride whose grid (:func:`explain_uniform`) takes at most ``budget`` of the ``ny × nx`` positions."""
-    limit = _limit(budget, ny, nx)
+    limit = _limit(check_budget(budget, ny, nx), ny, nx)
     c = 1
     while _axis(ny, c).size * _axis(nx, c).size > limit:
         c += 1
@@ -222,7 +222,15 @@ def explain_adaptive(
         return _uniform(run, uniform_stride(budget, ny, nx), s_count, chunk_size, interpolation, "probability")
     rule = _check_choice("rule", rule, RULES)
     top = np.asarray(rank_classes(run.p0, run.rows)[:_check_focus(focus, run.rows.shape[0])])
-    state = {"acc": run.zeros(), "chunk": None}
+    probe, state = _engine_probe(run, top, s_count, chunk_size)
+    evaluated = refine_positions(probe, ny, nx, budget, coarse_stride=coarse_stride, rule=rule,
+                                 weights=(float(magnitude_weight), float(se_weight)))
+    return _assemble(run, state["acc"], evaluated, s_count, interpolation)
+
+
+def _engine_probe(run: Run, top: np.ndarray, s_count: int, chunk_size: int | None) -> tuple[Callable, dict]:
+    """The probe of :func:`refine_positions` that runs the classifier; ``state["acc"]`` holds the accumulators."""
+    state: dict = {"acc": run.zeros(), "chunk": None}
 
     def probe(new: np.ndarray, evaluated: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if state["chunk"] is None:     # the first call (the coarse grid) sets the chunk size
@@ -232,9 +240,7 @@ def explain_adaptive(
         we = weight_of_evidence(run.p0[top][None], mean, run.laplace_n, run.num_classes)
         return np.asarray(we), np.nan_to_num(np.asarray(we_se))
 
-    evaluated = refine_positions(probe, ny, nx, budget, coarse_stride=coarse_stride, rule=rule,
-                                 weights=(float(magnitude_weight), float(se_weight)))
-    return _assemble(run, state["acc"], evaluated, s_count, interpolation)
+    return probe, state
 
 
 def refine_positions(probe: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]], ny: int, nx: int,
