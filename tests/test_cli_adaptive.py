@@ -45,6 +45,7 @@ def test_budget_and_alpha_match_the_api(digit_png, tmp_path, capsys):
     (["--budget", 0.0], "--budget"),
     (["--alpha", 0.05, "--samples", 1], "--alpha"),
     (["--alpha", 1.5, "--samples", 2], "--alpha"),
+    (["--budget", 1e-9], "use --budget 0."),    # below the grid's corners: suggests a budget, nothing else
 ])
 def test_bad_budget_or_alpha_is_one_line_error(digit_png, tmp_path, capsys, extra, needle):
     code = cli.main([str(a) for a in ["explain", digit_png, "--model", "digits_cnn", "--window", 3,
@@ -52,3 +53,4 @@ def test_bad_budget_or_alpha_is_one_line_error(digit_png, tmp_path, capsys, extr
     _, err = capsys.readouterr()
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert code == 2 and len(lines) == 1 and "error:" in lines[0] and needle in lines[0], err
+    assert "coarse_stride" not in err

@@ -169,8 +169,8 @@ def add_explain(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="with a folder: images explained together, their windows sharing the engine's steps")
     _window_options(e, required=False)
     e.add_argument("--budget", type=float, default=None,
-                   help="adaptive windows: a stride-1 map from this fraction of the stride-1 passes (0 < B <= 1), "
-                        "refined where the evidence changes fast or is large; replaces --stride")
+                   help="a stride-1 map from this fraction of the stride-1 passes (0 < B <= 1): the finest uniform "
+                        "grid of windows that fits, linearly interpolated to every position; replaces --stride")
     e.add_argument("--alpha", type=float, default=None,
                    help="significance level (e.g. 0.05): hatch the undesirable pixels whose evidence is not "
                         "significant; needs --samples >= 2 (S = 1 has no standard error)")

@@ -133,6 +133,14 @@ def _explain_setup(args: argparse.Namespace) -> tuple[Any, Any, str]:
         args.stride = 1 if args.budget is not None else max(1, args.window // 2)
     checks.window(args.window, args.stride, model.input_shape, _WINDOW)
     options.check_budget_alpha(args.budget, args.alpha, args.samples)
+    if args.budget is not None:   # it must cover the window grid's corners (the one rule: adaptive.check_budget)
+        from .adaptive import check_budget
+        from .windows import WindowGrid
+
+        try:
+            check_budget(args.budget, *WindowGrid(*model.input_shape[:2], args.window, 1).shape, name="--budget")
+        except ValueError as err:
+            raise UsageError(str(err)) from None
     args.target = resolve_target(args.target, model.class_names)
     if args.top_k > len(model.class_names) - 1:
         raise UsageError(f"--top-k: {args.top_k} competitors asked for, but the model has only "

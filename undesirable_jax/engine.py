@@ -217,8 +217,7 @@ def sample_windows(run: "Run", lo: int, hi: int, target_se: float | None,
     ones get more, doubling up to ``hi``: the accumulators and the samples per window ``[N · W]``."""
     num_windows = run.num_images * run.grid.num_windows
     check_pair_count(num_windows, hi)
-    chunk = plan_chunk(chunk_size, num_windows * lo, run.mesh.size, default=default_chunk(run.clf, run.images.shape[1:]),
-                       **run.chunk_hints())
+    chunk = run.plan_chunk(chunk_size, num_windows * lo)
     counts = np.zeros(num_windows, np.int64)
     active = np.arange(num_windows)
     acc = run.zeros()
@@ -291,11 +290,12 @@ class Run:
     mesh: Mesh
     progress: bool
 
-    def chunk_hints(self) -> dict[str, Any]:
-        """What :func:`plan_chunk` needs of this run: the bytes of one perturbed image, a fixed batch."""
+    def plan_chunk(self, chunk_size: int | None, pairs: int) -> int:
+        """:func:`plan_chunk` for ``pairs`` of this run: its classifier's default, image bytes and fixed batch."""
         from .black_boxes import fixed_batch
 
-        return {"item_bytes": int(math.prod(self.images.shape[1:])) * 4, "fixed_batch": fixed_batch(self.clf)}
+        return plan_chunk(chunk_size, pairs, self.mesh.size, int(math.prod(self.images.shape[1:])) * 4,
+                          fixed_batch(self.clf), default=default_chunk(self.clf, self.images.shape[1:]))
 
     @property
     def num_images(self) -> int:
