@@ -259,8 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        cache = args.compile_cache if args.compile_cache is not None else compile_cache.default_dir()
-        compile_cache.enable(None if str(cache).lower() == compile_cache.OFF else cache)
+        compile_cache.enable(compile_cache.folder_option(args.compile_cache))
         return int(args.run(args))
     except _input_errors() as e:
         if args.traceback:
