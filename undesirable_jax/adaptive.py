@@ -30,6 +30,7 @@ from jax.sharding import Mesh
 from scipy.sparse import csr_matrix
 from scipy.spatial import Delaunay
 
+from . import checks
 from .classifiers import rank_classes
 from .engine import Explanation, Run, check_samples, plan_chunk, prepare
 from .evidence import weight_of_evidence
@@ -78,6 +79,7 @@ def explain_adaptive(
     """
     s_count, _ = check_samples(num_samples, None)
     budget = _check_budget(budget)
+    checks.priority_weights(magnitude_weight, se_weight)
     run = prepare(classifier, image, window=window, stride=1, sampler=sampler, key=key, classes=classes,
                   laplace_n=laplace_n, mesh=mesh, progress=progress)
     ny, nx = run.grid.shape

@@ -124,6 +124,7 @@ def _explain_setup(args: argparse.Namespace) -> tuple[Any, Any, str]:
     checks.window(args.window, args.stride, model.input_shape, _WINDOW)
     options.check_budget_alpha(args.budget, args.alpha, args.samples)
     args.target = resolve_target(args.target, model.class_names)
+    args.top_k = min(3, len(model.class_names) - 1) if args.top_k is None else args.top_k
     if args.top_k > len(model.class_names) - 1:
         raise UsageError(f"--top-k: {args.top_k} competitors asked for, but the model has only "
                          f"{len(model.class_names)} classes; pick --top-k <= {len(model.class_names) - 1}")
