@@ -172,3 +172,38 @@ def test_a_result_that_cannot_be_its_files_is_named_and_moved_aside(tmp_path, ch
 def _write(path, obj):
     path.write_text(json.dumps(obj))
     return path
+
+
+def test_a_run_moves_a_swapped_or_edited_result_aside_and_computes_it_again(tmp_path):
+    """A result replaced by another image's, and a hand-edited p_target of 90: the merge names the file;
+    --resume moves both to rejected/ and recomputes them, giving the untouched run's results."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    import undesirable_jax as uj
+    from undesirable_jax import evaluate as ev
+    from undesirable_jax.data import Example
+    from undesirable_jax.evaluate import runner
+
+    def toy(x):
+        return jnp.stack([x[:, :2].mean((1, 2, 3)), 2 * x[:, 2:].mean((1, 2, 3)), x[..., 1].mean((1, 2))], -1)
+
+    rng = np.random.default_rng(0)
+    images = [Example(id=f"img/{i}", image=rng.uniform(size=(4, 4, 3)).astype(np.float32), label=i % 3)
+              for i in range(3)]
+    config = ev.EvalConfig(model="toy", window=2, stride=2, num_samples=1, methods=("random",), perturbation="constant",
+                           percents=(25.0,), curve_steps=2, num_seeds=1, scoring_draws=1)
+    sampler = uj.samplers.constant(0.0)
+    ids = ev.run(tmp_path, images, toy, config, sampler, progress=False)
+    first, second = (runner.result_path(tmp_path, i) for i in ids[:2])
+    reference = {p: json.loads(p.read_text()) for p in (first, second)}
+    first.write_text(second.read_text())                         # image 1's result under image 0's name
+    with pytest.raises(ValueError, match=f"(?s)1 ids missing: img/0.*{first.name} holds the result of image "
+                                         f"'img/1', whose file is {second.name}.*--resume"):
+        runner.merge(tmp_path, ids)
+    edited = reference[second] | {"p_target": 90}
+    second.write_text(json.dumps(edited))
+    ev.run(tmp_path, images, toy, config, sampler, progress=False)
+    assert {p: json.loads(p.read_text()) for p in (first, second)} == reference
+    reasons = (tmp_path / "rejected" / "reasons.txt").read_text()
+    assert f"{first.name} -> " in reasons and "p_target = 90" in reasons and len(list((tmp_path / "rejected").glob("*.json"))) == 2
