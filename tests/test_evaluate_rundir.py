@@ -207,3 +207,17 @@ def test_a_run_moves_a_swapped_or_edited_result_aside_and_computes_it_again(tmp_
     assert {p: json.loads(p.read_text()) for p in (first, second)} == reference
     reasons = (tmp_path / "rejected" / "reasons.txt").read_text()
     assert f"{first.name} -> " in reasons and "p_target = 90" in reasons and len(list((tmp_path / "rejected").glob("*.json"))) == 2
+
+
+def test_a_cli_run_is_refused_early_while_an_overlapping_share_runs(tmp_path, capsys):
+    """`evaluate --process-index 1 --process-count 2` while a 1-of-1 run holds the folder: one error line
+    naming the other process, before any model is loaded."""
+    from undesirable_jax import cli
+
+    with rundir.RunLock(tmp_path, 0, 1):
+        code = cli.main(["evaluate", "--dataset", "digits", "--model", "missing.onnx", "--window", "2",
+                         "--stride", "2", "--out", str(tmp_path), "--resume", "--process-index", "1",
+                         "--process-count", "2", "--no-progress"])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and f"process {os.getpid()}" in lines[0] and "share 0 of 1" in lines[0], err

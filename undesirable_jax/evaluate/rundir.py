@@ -207,6 +207,15 @@ class RunLock:
             return self
         raise ValueError(f"out_dir: could not take the lock {str(self.path)!r} (another process keeps taking it)")
 
+    def check(self) -> None:
+        """Refuse now (ValueError) when a live process holds this share or one overlapping it, without taking
+        the lock: an early look, before a model is loaded (taking the lock looks again)."""
+        if self.path.parent.is_dir():
+            owner = _owner(self.path) if self.path.exists() else None
+            if owner is not None and not _stale(owner):
+                raise ValueError(self._busy(owner, self.path))
+            self._others()
+
     def __exit__(self, *exc: Any) -> None:
         if self.held:
             self.path.unlink(missing_ok=True)
