@@ -150,7 +150,9 @@ def _good(digest, image_id):
     ({"competitor": -1}, "competitor = -1"),
     ({"percents": [10.0]}, "percents [10.0]"),
     ({"fractions": [0.0, 2.0]}, "fractions outside [0, 1]"),
-    ({"seeds": [{}, {}]}, "2 repeats, not the run's 1"),
+    ({"seeds": [{}, {}]}, "2 repeats (a list of records), not the run's 1"),
+    ({"seeds": [3]}, "1 repeats (a list of records)"),
+    ({"id": 7}, "has id 7, not an image id"),
     ({"config_sha256": "other"}, "another configuration"),
 ])
 def test_a_result_that_cannot_be_its_files_is_named_and_moved_aside(tmp_path, change, words):

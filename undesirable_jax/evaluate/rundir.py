@@ -100,8 +100,10 @@ def result_problem(path: Path, record: dict, path_of: Callable[[str], Path]) -> 
     except BadFileError as e:
         return e.problem
     rid = obj["id"]
-    if not isinstance(rid, str) or not rid or Path(path_of(rid)).name != Path(path).name:
-        return f"holds the result of image {rid!r}, whose file is {Path(path_of(rid)).name if isinstance(rid, str) and rid else '(none)'}"
+    if not isinstance(rid, str) or not rid:
+        return f"has id {rid!r}, not an image id"
+    if Path(path_of(rid)).name != Path(path).name:
+        return f"holds the result of image {rid!r}, whose file is {Path(path_of(rid)).name}"
     if obj["config_sha256"] != io.json_digest(record):
         return "was computed under another configuration than config.json"
     return _out_of_range(obj, record)
@@ -131,7 +133,8 @@ def _out_of_range(obj: dict, record: dict) -> str | None:
     seeds = obj["seeds"]
     if not isinstance(seeds, list) or not all(isinstance(r, dict) for r in seeds) \
             or ("num_seeds" in record and len(seeds) != record["num_seeds"]):
-        return f"has {len(seeds) if isinstance(seeds, list) else 'no'} repeats, not the run's {record.get('num_seeds')}"
+        found = len(seeds) if isinstance(seeds, list) else "no"
+        return f"has {found} repeats (a list of records), not the run's {record.get('num_seeds')}"
     return None
 
 
