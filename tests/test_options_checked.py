@@ -142,3 +142,16 @@ def test_adaptive_priority_weights_must_be_finite_and_non_negative(kwargs, name)
     with pytest.raises((TypeError, ValueError), match=name):
         uj.explain_adaptive(_toy, IMAGE, window=3, sampler=samplers.constant(0.0), num_samples=1,
                             key=jax.random.key(0), budget=0.5, **kwargs)
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--thresholds", 0], "--thresholds"),
+    (["--thresholds", 150], "--thresholds"),
+    (["--road-noise", -1], "--road-noise"),
+    (["--scoring-sigma", "nan"], "--scoring-sigma"),
+    (["--occlusion-value", "inf"], "--occlusion-value"),
+    (["--sanity-images", -1], "--sanity-images"),
+])
+def test_evaluate_numbers_are_checked_before_the_model(extra, needle, tmp_path, capsys):
+    one_line_error(["evaluate", "--dataset", "digits", *NO_MODEL, "--window", 2, "--stride", 2,
+                    "--out", tmp_path / "run", *extra], capsys, needle)

@@ -352,9 +352,22 @@ def check_budget_alpha(budget: float | None, alpha: float | None, num_samples: i
                          "give; use --samples 2 or more (with a random sampler: marginal or conditional)")
 
 
+def check_evaluate_numbers(args: argparse.Namespace) -> None:
+    """``evaluate``'s scoring numbers, before any model or data is loaded."""
+    for q in args.thresholds or ():
+        if not 0 < checks.real("--thresholds", q) <= 100:
+            raise UsageError(f"--thresholds: percentages of pixels removed, in (0, 100], got {q}")
+    checks.nonnegative_number("--road-noise", args.road_noise)
+    checks.positive_number("--scoring-sigma", args.scoring_sigma)
+    checks.real("--occlusion-value", args.occlusion_value)
+    checks.real("--fill-value", args.fill_value)
+    checks.integer("--sanity-images", args.sanity_images, minimum=0)
+
+
 def check_evaluate_args(args: argparse.Namespace) -> Path:
     """Every ``evaluate`` option that needs no model or data; returns the output folder."""
     check_common(args, seed_minimum=0)
+    check_evaluate_numbers(args)
     if args.distributed and (args.process_index, args.process_count) != (0, 1):
         raise UsageError("--distributed: the process index and count come from jax.distributed; "
                          "drop --process-index/--process-count")
