@@ -101,8 +101,9 @@ def run_options(seed_help: str, chunk_help: str, chunk_default: int | None = Non
     p.add_argument("--traceback", action="store_true", help="on error, show the Python traceback instead of one line")
     p.add_argument("--compile-cache", default=None, metavar="DIR|off",
                    help="folder of JAX's persistent compilation cache, so a second run loads compiled steps instead "
-                        "of compiling them; 'off' disables it; default: $UNDESIRABLE_JAX_CACHE, else "
-                        "$XDG_CACHE_HOME/undesirable_jax/jax (~/.cache/...)")
+                        "of compiling them (each entry is checked against its key before it is loaded; a folder that "
+                        "cannot be written: one warning, no cache); 'off' disables it; default: "
+                        "$UNDESIRABLE_JAX_CACHE, else $XDG_CACHE_HOME/undesirable_jax/jax (~/.cache/...)")
     return p
 
 

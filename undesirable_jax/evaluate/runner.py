@@ -410,7 +410,8 @@ def merge(out_dir: str | Path, dataset_ids: Sequence[str]) -> dict[str, Path]:
         if lst:
             shown = ", ".join(lst[:20]) + (f", … ({len(lst)} in all)" if len(lst) > 20 else "")
             problems.append(f"{len(lst)} ids {what}: {shown}")
-    problems += [f"{p.name} {why}" for p, why in rundir.bad_results(out_dir, config, lambda i: result_path(out_dir, i))]
+    bad = rundir.bad_results(out_dir, config, lambda i: result_path(out_dir, i))   # named by file
+    problems += [f"{p.name} {why}" for p, why in bad]
     if problems:
         raise ValueError(f"merge: results in {str(out_dir)!r} are incomplete ({'; '.join(problems)}). "
                          "Finished results are kept; re-run the evaluation with --resume to fill in missing images "
