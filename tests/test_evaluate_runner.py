@@ -333,16 +333,20 @@ def test_run_folder_is_locked_per_share_and_damaged_files_are_named(tmp_path):
     lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": 0}))
     with pytest.raises(ValueError, match=f"being evaluated by process {os.getpid()}"):
         runner.run(out, images, toy, CONFIG, SAMPLER, progress=False)
-    runner.run(out, images, toy, CONFIG, SAMPLER, process_index=1, process_count=2, progress=False,
-               summarize=False)                                # another share runs beside it
+    with pytest.raises(ValueError, match="share 0 of 1, which has images in common"):   # overlaps it
+        runner.run(out, images, toy, CONFIG, SAMPLER, process_index=1, process_count=2, progress=False,
+                   summarize=False)
     lock.unlink()
     (out / "config.json").unlink()
     runner.run(out, images, toy, CONFIG, SAMPLER, progress=False)   # restored from the matching results
     assert (out / "config.json").exists()
     victim = sorted((out / "results").glob("*.json"))[0]
+    kept = victim.read_text()
     victim.write_text("{}")
     with pytest.raises(BadFileError, match=f"(?s){victim.name}.*lacks.*--resume"):
-        runner.run(out, images, toy, CONFIG, SAMPLER, progress=False)
+        runner.merge(out, [ex.id for ex in images])
+    runner.run(out, images, toy, CONFIG, SAMPLER, progress=False)   # moved to rejected/, computed again
+    assert victim.read_text() == kept and len(list((out / "rejected").glob("*.json"))) == 1
 
 
 def test_sanity_images_are_spread_over_groups_and_clusters_and_agree_everywhere():

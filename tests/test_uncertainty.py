@@ -152,8 +152,8 @@ def test_alpha_decoupled_uses_the_conservative_bound():
 
 def test_alpha_errors():
     e = _noisy_explanation()
-    for bad in (0.0, 1.0, -0.1, True, "0.05"):
-        with pytest.raises(ValueError, match="alpha"):
+    for bad in (0.0, 1.0, -0.1, 1e-17, 0.6, float("nan"), True, "0.05"):
+        with pytest.raises((TypeError, ValueError), match="alpha"):
             uj.factors(e, top_k=2, alpha=bad)
     bare = e.replace(evidence_se=None, window_probs_se=None)
     with pytest.raises(ValueError, match="evidence_se"):

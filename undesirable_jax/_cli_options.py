@@ -107,8 +107,9 @@ def run_options(seed_help: str, chunk_help: str, chunk_default: int | None = Non
     p.add_argument("--traceback", action="store_true", help="on error, show the Python traceback instead of one line")
     p.add_argument("--compile-cache", default=None, metavar="DIR|off",
                    help="folder of JAX's persistent compilation cache, so a second run loads compiled steps instead "
-                        "of compiling them; 'off' disables it; default: $UNDESIRABLE_JAX_CACHE, else "
-                        "$XDG_CACHE_HOME/undesirable_jax/jax (~/.cache/...)")
+                        "of compiling them (each entry is checked against its key before it is loaded; a folder that "
+                        "cannot be written: one warning, no cache); 'off' disables it; default: "
+                        "$UNDESIRABLE_JAX_CACHE, else $XDG_CACHE_HOME/undesirable_jax/jax (~/.cache/...)")
     return p
 
 
@@ -179,7 +180,8 @@ def add_explain(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "sampler's fit; default: the other offline sample images")
     e.add_argument("--target", default=None,
                    help="target class t: an id or a class name (e.g. 'tabby'); default: the top-1 prediction")
-    e.add_argument("--top-k", type=int, default=3, help="competitors c shown with their U_c maps")
+    e.add_argument("--top-k", type=int, default=None,
+                   help="competitors c shown with their U_c maps; default: 3, or K - 1 for a model with fewer classes")
     e.add_argument("--plain", action="store_true",
                    help="plain PDA U_c = max(0, R_c) instead of the decoupled competitors' evidence on q(c) = p(c)/(1 - p(t))")
     e.add_argument("--laplace-n", type=float, default=100_000, help="N of the Laplace correction (training-set size)")
@@ -327,22 +329,60 @@ def check_common(args: argparse.Namespace, seed_minimum: int | None = None) -> N
     if args.samples is None:
         args.samples = 1 if args.sampler in ("blur", "constant") else 8
     checks.positive_int("--samples", args.samples)
+    if getattr(args, "alpha", None) is not None:
+        checks.significance("--alpha", args.alpha)
+    check_model_files(args)
+
+
+def check_model_files(args: argparse.Namespace) -> None:
+    """``--class-names`` (UTF-8 text), ``--preprocess`` (its JSON, depth and field types), ``--input-size``,
+    ``--mean``, ``--std``: checked before any model is loaded."""
+    from .data.specs import read_preprocess, read_text
+
+    if getattr(args, "class_names", None) is not None:
+        read_text(args.class_names, "--class-names")
+    if getattr(args, "preprocess", None) is not None:
+        read_preprocess(args.preprocess, "--preprocess")
+    if getattr(args, "input_size", None) is not None:
+        if len(args.input_size) not in (1, 2):
+            raise UsageError(f"--input-size: one side N or H W, got {len(args.input_size)} values")
+        for n in args.input_size:
+            checks.positive_int("--input-size", n)
+    for name in ("mean", "std"):
+        values = getattr(args, name, None)
+        if values is not None and len(values) not in (1, 3):
+            raise UsageError(f"--{name}: one value (grey) or three (RGB), got {len(values)}")
+        for v in values or ():
+            (checks.positive_number if name == "std" else checks.real)(f"--{name}", v)
 
 
 def check_budget_alpha(budget: float | None, alpha: float | None, num_samples: int) -> None:
     """``--budget`` and ``--alpha`` of ``explain`` (``--alpha`` needs S >= 2 for a standard error)."""
     if budget is not None and not 0 < budget <= 1:
         raise UsageError(f"--budget: a fraction of the stride-1 passes in (0, 1], got {budget}")
-    if alpha is not None and not 0 < alpha < 1:
-        raise UsageError(f"--alpha: a significance level in (0, 1) such as 0.05, got {alpha}")
+    if alpha is not None:
+        checks.significance("--alpha", alpha)
     if alpha is not None and num_samples < 2:
         raise UsageError(f"--alpha: needs a standard error, which S = {num_samples} sample(s) per window does not "
                          "give; use --samples 2 or more (with a random sampler: marginal or conditional)")
 
 
+def check_evaluate_numbers(args: argparse.Namespace) -> None:
+    """``evaluate``'s scoring numbers, before any model or data is loaded."""
+    for q in args.thresholds or ():
+        if not 0 < checks.real("--thresholds", q) <= 100:
+            raise UsageError(f"--thresholds: percentages of pixels removed, in (0, 100], got {q}")
+    checks.nonnegative_number("--road-noise", args.road_noise)
+    checks.positive_number("--scoring-sigma", args.scoring_sigma)
+    checks.real("--occlusion-value", args.occlusion_value)
+    checks.real("--fill-value", args.fill_value)
+    checks.integer("--sanity-images", args.sanity_images, minimum=0)
+
+
 def check_evaluate_args(args: argparse.Namespace) -> Path:
     """Every ``evaluate`` option that needs no model or data; returns the output folder."""
     check_common(args, seed_minimum=0)
+    check_evaluate_numbers(args)
     if args.distributed and (args.process_index, args.process_count) != (0, 1):
         raise UsageError("--distributed: the process index and count come from jax.distributed; "
                          "drop --process-index/--process-count")

@@ -45,6 +45,7 @@ from scipy.interpolate import CloughTocher2DInterpolator, make_interp_spline
 from scipy.sparse import csr_matrix
 from scipy.spatial import Delaunay
 
+from . import checks
 from .classifiers import rank_classes
 from .engine import Explanation, Run, check_samples, prepare
 from .evidence import laplace, log_odds, weight_of_evidence
@@ -216,6 +217,7 @@ def explain_adaptive(
     """
     s_count, _ = check_samples(num_samples, None)
     interpolation = _check_choice("interpolation", interpolation, INTERPOLATIONS)
+    checks.priority_weights(magnitude_weight, se_weight)
     run = prepare(classifier, image, window=window, stride=1, sampler=sampler, key=key, classes=classes,
                   laplace_n=laplace_n, mesh=mesh, progress=progress)
     ny, nx = run.grid.shape

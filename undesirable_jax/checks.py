@@ -22,6 +22,10 @@ SEED_MAX = 2**63 - 1
 INT32_MAX = 2**31 - 1
 #: Highest figure resolution accepted (print quality is 300-600 dots per inch).
 MAX_DPI = 1200
+#: Smallest significance level: below it ``1 - alpha/2`` rounds to 1 in float64 (no normal quantile).
+ALPHA_MIN = 1e-12
+#: Largest significance level: a two-sided test at 0.5 already keeps pixels about 0.67 SE from zero.
+ALPHA_MAX = 0.5
 
 
 class BadFileError(ValueError):
@@ -32,8 +36,22 @@ class BadFileError(ValueError):
         super().__init__(f"{self.path!r} {problem}; {fix}")
 
 
+def scalar(value: Any) -> Any:
+    """A 0-d NumPy or JAX array as its NumPy scalar (``jnp.float32(0.05)`` → ``np.float32(0.05)``), so every
+    check treats Python, NumPy and JAX scalars alike; anything else (a traced value too) unchanged."""
+    if isinstance(value, (np.ndarray, np.generic)) or type(value).__module__.startswith(("jax", "jaxlib")):
+        shape = getattr(value, "shape", None)
+        if shape == () and not type(value).__name__.endswith("Tracer"):
+            try:
+                return np.asarray(value)[()]
+            except Exception:   # a traced or deleted array: left for the caller's type check
+                return value
+    return value
+
+
 def integer(name: str, value: Any, *, minimum: int | None = None, maximum: int | None = None) -> int:
     """``value`` as an ``int`` in ``[minimum, maximum]`` (``bool`` is refused: it is rarely meant)."""
+    value = scalar(value)
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name}: must be an int{_range(minimum, maximum)}, got {type(value).__name__} {value!r}")
     if minimum is not None and value < minimum:
@@ -50,6 +68,7 @@ def positive_int(name: str, value: Any, *, maximum: int | None = INT32_MAX) -> i
 
 def positive_number(name: str, value: Any, *, maximum: float | None = None) -> float:
     """A finite real number ``> 0`` (and ``<= maximum`` when given) as ``float``."""
+    value = scalar(value)
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name}: must be a positive number, got {type(value).__name__} {value!r}")
     v = float(value)
@@ -57,6 +76,39 @@ def positive_number(name: str, value: Any, *, maximum: float | None = None) -> f
         raise ValueError(f"{name}: must be a positive finite number, got {value!r}")
     if maximum is not None and v > maximum:
         raise ValueError(f"{name}: must be <= {maximum:g}, got {value!r}")
+    return v
+
+
+def real(name: str, value: Any, what: str = "a real number") -> float:
+    """A finite real number (Python, NumPy or JAX scalar; ``bool`` refused) as ``float``."""
+    value = scalar(value)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: must be {what}, got {type(value).__name__} {value!r}")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{name}: must be {what} (finite), got {value!r}")
+    return v
+
+
+def nonnegative_number(name: str, value: Any) -> float:
+    """A finite real number ``>= 0`` as ``float`` (a weight that may switch its term off)."""
+    v = real(name, value, "a finite number >= 0")
+    if v < 0:
+        raise ValueError(f"{name}: must be a finite number >= 0, got {value!r}")
+    return v
+
+
+def priority_weights(magnitude_weight: Any, se_weight: Any) -> tuple[float, float]:
+    """The two weights of adaptive sampling's cell priority (``explain_adaptive``): finite and >= 0."""
+    return nonnegative_number("magnitude_weight", magnitude_weight), nonnegative_number("se_weight", se_weight)
+
+
+def significance(name: str, value: Any) -> float:
+    """A two-sided significance level in ``(ALPHA_MIN, ALPHA_MAX]`` = (1e-12, 0.5], such as 0.05."""
+    what = f"a significance level in ({ALPHA_MIN:g}, {ALPHA_MAX:g}] such as 0.05"
+    v = real(name, value, what)
+    if not ALPHA_MIN < v <= ALPHA_MAX:
+        raise ValueError(f"{name}: must be {what}, got {value!r}")
     return v
 
 

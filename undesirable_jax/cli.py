@@ -142,6 +142,7 @@ def _explain_setup(args: argparse.Namespace) -> tuple[Any, Any, str]:
         except ValueError as err:
             raise UsageError(str(err)) from None
     args.target = resolve_target(args.target, model.class_names)
+    args.top_k = min(3, len(model.class_names) - 1) if args.top_k is None else args.top_k
     if args.top_k > len(model.class_names) - 1:
         raise UsageError(f"--top-k: {args.top_k} competitors asked for, but the model has only "
                          f"{len(model.class_names)} classes; pick --top-k <= {len(model.class_names) - 1}")
@@ -317,8 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     try:
-        cache = args.compile_cache if args.compile_cache is not None else compile_cache.default_dir()
-        compile_cache.enable(None if str(cache).lower() == compile_cache.OFF else cache)
+        compile_cache.enable(compile_cache.folder_option(args.compile_cache))
         with _one_line_warnings(args.command):
             return int(args.run(args))
     except _input_errors() as e:

@@ -185,8 +185,7 @@ def conditional_gaussian(
     per_channel = _check_bool("per_channel", per_channel)
     key = checks.prng_key(key)
     for name, val in (("shrinkage", shrinkage), ("ridge", ridge)):
-        if not (isinstance(val, (int, float)) and np.isfinite(val) and val >= 0):
-            raise ValueError(f"{name}: must be a number >= 0, got {val!r}")
+        checks.nonnegative_number(name, val)
     if shrinkage > 1:
         raise ValueError(f"shrinkage: must lie in [0, 1], got {shrinkage!r}")
     if not isinstance(preprocessing, str):

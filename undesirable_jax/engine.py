@@ -250,9 +250,8 @@ def check_samples(num_samples: Any, target_se: Any) -> tuple[int, int]:
         if target_se is not None:
             raise ValueError("target_se: only used with a num_samples range (min_samples, max_samples); "
                              f"got num_samples={lo}")
-    if target_se is not None and not (isinstance(target_se, (int, float)) and not isinstance(target_se, bool)
-                                      and math.isfinite(target_se) and target_se > 0):
-        raise ValueError(f"target_se: must be a positive number of bits, got {target_se!r}")
+    if target_se is not None:
+        checks.positive_number("target_se (bits)", target_se)
     return lo, hi
 
 
@@ -417,8 +416,7 @@ def prepare_batch(classifier: Any, images: jnp.ndarray, keys: jax.Array, *, wind
         raise TypeError(
             f"sampler: expected a sampler such as undesirable_jax.samplers.constant(0.0), got "
             f"{type(sampler).__name__}")
-    if not (isinstance(laplace_n, (int, float)) and math.isfinite(laplace_n) and laplace_n > 0):
-        raise ValueError(f"laplace_n: must be a positive number (training-set size), got {laplace_n!r}")
+    checks.positive_number("laplace_n (training-set size)", laplace_n)
     raw = raw_outputs(clf, images)   # one compile per classifier and batch shape, "auto" or not
     jax.block_until_ready(raw)
     clf.raise_host_error()  # a black box's own error, kept by its host callback, comes first

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from . import checks
 from .classifiers import rank_classes
 from .engine import Explanation
 from .evidence import non_target_distribution, pixel_evidence
@@ -83,7 +84,7 @@ def factors(explanation: Explanation, target: Any = None, top_k: int = 3, decoup
         ``[B]`` (one id per explanation). It must be among ``explanation.classes``.
       top_k: how many competitors to report, 1 ≤ top_k ≤ (kept classes − 1). Static under ``jit``.
       decouple: compute the competitors' evidence on q(c) = p(c) / (1 − p(t)) (see module docstring).
-      alpha: None (keep every pixel) or a level in (0, 1) such as 0.05: keep only the pixels whose
+      alpha: None (keep every pixel) or a level in (1e-12, 0.5] such as 0.05: keep only the pixels whose
         evidence is significant (module docstring). Needs an explanation with ``evidence_se``.
 
     Works under ``jax.jit`` (``top_k`` and ``decouple`` static). When ``target`` or the explanation is
@@ -180,15 +181,18 @@ def _factors_one(evidence, probs, classes, window_probs, target, se, *, top_k: i
 
 
 def _check_alpha(alpha: Any, explanation: Explanation) -> float | None:
-    """``z = Φ⁻¹(1 − alpha/2)`` for a level ``alpha`` in (0, 1), or None for ``alpha=None``."""
+    """``z = Φ⁻¹(1 − alpha/2)`` for a level ``alpha`` in (1e-12, 0.5] (:func:`checks.significance`), or None
+    for ``alpha=None``; an explanation without standard errors (none stored, or S = 1) is refused."""
     if alpha is None:
         return None
-    if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, (int, float, np.floating)) \
-            or not 0.0 < float(alpha) < 1.0:
-        raise ValueError(f"alpha: expected None or a significance level in (0, 1) such as 0.05, got {alpha!r}")
+    alpha = checks.significance("alpha", alpha)
     if explanation.evidence_se is None or explanation.window_probs_se is None:
         raise ValueError("alpha: this explanation has no evidence_se (it was not made by explain or "
                          "explain_adaptive); pass alpha=None")
+    if explanation.num_samples < 2:
+        raise ValueError(f"alpha: needs a standard error, and S = num_samples = {explanation.num_samples} sample "
+                         "per window gives none (every pixel would be masked); explain with num_samples >= 2 and "
+                         "a random sampler (marginal, conditional), or pass alpha=None")
     return float(statistics.NormalDist().inv_cdf(1.0 - float(alpha) / 2.0))
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import distributed
 from ..classifiers import as_classifier
-from . import runner
+from . import rundir, runner
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,12 +46,14 @@ def join(coordinator_address: str | None = None, num_processes: int | None = Non
 
 
 def claim(out_dir: str | Path, resume: bool, share: Share) -> None:
-    """Refuse a folder that already holds a run unless ``resume``; joined processes then wait until all
-    have looked, so none sees a ``config.json`` another has just written."""
+    """Refuse a folder that already holds a run unless ``resume``, or that a live process is evaluating with
+    a share overlapping this one (:class:`.rundir.RunLock`); joined processes then wait until all have
+    looked, so none sees a ``config.json`` another has just written."""
     out = Path(out_dir)
     if (out / "config.json").exists() and not resume:
         raise ValueError(f"--out: {str(out)!r} already holds a run; pass --resume to continue it or pick a new "
                          "folder")
+    rundir.RunLock(out, share.index, share.count).check()
     if share.joined:
         distributed.barrier("undesirable_jax.evaluate.checked")
 

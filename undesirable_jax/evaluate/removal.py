@@ -32,6 +32,7 @@ import numpy as np
 
 from flax import struct
 
+from .. import checks
 from ..classifiers import Classifier
 from ..samplers import Sampler, gaussian_blur
 from ..windows import WindowGrid
@@ -127,8 +128,7 @@ class Perturbation:
             raise ValueError(f"kind: expected one of {PERTURBATIONS}, got {self.kind!r}")
         for name in ("value", "sigma", "noise"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
-                raise ValueError(f"{name}: expected a finite float, got {v!r}")
+            checks.real(name, v, "a finite float")
         if self.sigma <= 0 or self.noise < 0:
             raise ValueError(f"sigma, noise: need sigma > 0 and noise >= 0, got {self.sigma!r}, {self.noise!r}")
 

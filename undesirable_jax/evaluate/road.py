@@ -50,9 +50,8 @@ def road_impute(image: Any, removed: Any, key: jax.Array, *, noise: float = 0.01
         raise ValueError(f"removed: expected a bool mask of shape {image.shape[:2]}, got {removed.shape}")
     if removed.dtype != jnp.bool_:
         raise TypeError(f"removed: expected dtype bool, got {removed.dtype}; pass mask.astype(bool)")
-    if not isinstance(noise, (int, float)) or isinstance(noise, bool) or not noise >= 0:
-        raise ValueError(f"noise: expected a float >= 0, got {noise!r}")
-    if not isinstance(tol, (int, float)) or not 0 < tol < 1:
+    checks.nonnegative_number("noise", noise)
+    if not 0 < checks.real("tol", tol) < 1:
         raise ValueError(f"tol: expected a float in (0, 1), got {tol!r}")
     h, w = removed.shape
     maxiter = h * w if maxiter is None else maxiter

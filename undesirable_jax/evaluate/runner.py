@@ -394,6 +394,7 @@ def run(out_dir: str | Path, dataset: Iterable[Any], classifier: Any, config: Ev
         bar.update(1)
 
     with rundir.RunLock(out_dir, process_index, process_count):   # one process per share of the work
+        rundir.set_aside(out_dir, record, lambda i: result_path(out_dir, i))   # bad results: moved, redone
         try:
             ids = _walk_share(dataset, known, process_index, process_count, work)
         finally:
@@ -510,9 +511,12 @@ def merge(out_dir: str | Path, dataset_ids: Sequence[str]) -> dict[str, Path]:
         if lst:
             shown = ", ".join(lst[:20]) + (f", … ({len(lst)} in all)" if len(lst) > 20 else "")
             problems.append(f"{len(lst)} ids {what}: {shown}")
+    bad = rundir.bad_results(out_dir, config, lambda i: result_path(out_dir, i))   # named by file
+    problems += [f"{p.name} {why}" for p, why in bad]
     if problems:
         raise ValueError(f"merge: results in {str(out_dir)!r} are incomplete ({'; '.join(problems)}). "
-                         "Finished results are kept; re-run the evaluation to fill in missing images")
+                         "Finished results are kept; re-run the evaluation with --resume to fill in missing images "
+                         "(result files named here are moved to rejected/ and computed again)")
     order = {i: n for n, i in enumerate(expected)}
     results.sort(key=lambda r: order[r["id"]])
     return summary.write_summary(out_dir, results, config)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import os
 import sys
 from pathlib import Path
@@ -24,9 +23,8 @@ from typing import Any, Callable
 
 from ..data.images import IMAGENET_CLASSES
 from ..data.preprocess import TORCHVISION, Preprocessor
+from ..data.specs import read_preprocess, read_text
 from .registry import LoadedModel
-
-_PREPROCESS_KEYS = ("size", "resize", "mean", "std", "grayscale", "resample")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,9 +152,7 @@ def class_names(path: str | os.PathLike | None, k: int) -> tuple[str, ...]:
     """Names from ``path`` (one per line, exactly K), else ImageNet's for K = 1000, else ``class_i``."""
     if path is None:
         return IMAGENET_CLASSES if k == len(IMAGENET_CLASSES) else tuple(f"class_{i}" for i in range(k))
-    if not Path(path).is_file():
-        raise ValueError(f"--class-names: no file at {os.fspath(path)!r}; check the path")
-    names = tuple(line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines())
+    names = tuple(line.strip() for line in read_text(path, "--class-names").splitlines())
     while names and not names[-1]:
         names = names[:-1]
     if len(names) != k or not all(names):
@@ -195,16 +191,7 @@ def _default_resize(size: tuple[int, ...]) -> int:
 
 
 def _read_json(path: str | os.PathLike) -> dict[str, Any]:
-    if not Path(path).is_file():
-        raise ValueError(f"--preprocess: no file at {os.fspath(path)!r}; check the path")
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--preprocess: {os.fspath(path)!r} is not valid JSON ({e})") from None
-    unknown = sorted(set(data) - set(_PREPROCESS_KEYS)) if isinstance(data, dict) else ["(not an object)"]
-    if unknown:
-        raise ValueError(f"--preprocess: unknown keys {unknown} in {os.fspath(path)!r}; use {list(_PREPROCESS_KEYS)}")
-    return data
+    return read_preprocess(path, "--preprocess")
 
 
 def _declared_input(clf: Any) -> tuple[int, int, int] | None:
