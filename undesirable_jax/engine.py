@@ -678,9 +678,9 @@ def _check_image(image: Any, *, batch: bool = False) -> jnp.ndarray:
         arr = jnp.asarray(image)
     except TypeError as e:
         raise TypeError(f"{name}: expected a numeric array {want[want.index('['):]}, got {type(image).__name__}") from e
-    if arr.ndim == (3 if batch else 2):
-        raise ValueError(f"{name}: expected {want}, got shape {arr.shape} without a channel axis; "
-                         f"add one: {name}[..., None]")
+    if not batch and arr.ndim == 2:   # a batch of 3-D arrays is more likely one image than grey images
+        raise ValueError(f"image: expected {want}, got shape {arr.shape} without a channel axis; "
+                         "add one: image[..., None]")
     if arr.ndim != (4 if batch else 3) or (batch and arr.shape[0] < 1):
         other = ("for one image [H, W, C], call explain" if batch else
                  "for a batch [N, H, W, C], call explain_batch (or explain once per image)")
