@@ -206,8 +206,21 @@ def corrupted(base: ArraySet, levels: dict[str, float], seed: int = 0) -> ArrayS
                     ids=tuple(ids), class_names=base.class_names, clusters=tuple(clusters), groups=tuple(groups))
 
 
+class _OwnSources(_Sequence):
+    """A set without corrupted copies (with ``ids``): each image is its own cluster, all in :data:`PLAIN_GROUP`."""
+
+    @property
+    def clusters(self) -> tuple[str, ...]:
+        """Each image is its own source: its id."""
+        return self.ids
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return (PLAIN_GROUP,) * len(self)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
-class ImageFolder(_Sequence):
+class ImageFolder(_OwnSources):
     """Images under ``root/<class>/``; read with Pillow as RGB ``uint8`` when accessed.
 
     A file that cannot be read stops the run with :class:`~undesirable_jax.checks.BadFileError`
@@ -225,15 +238,6 @@ class ImageFolder(_Sequence):
 
     def __len__(self) -> int:
         return len(self.paths)
-
-    @property
-    def clusters(self) -> tuple[str, ...]:
-        """Each image is its own source: its id."""
-        return self.ids
-
-    @property
-    def groups(self) -> tuple[str, ...]:
-        return (PLAIN_GROUP,) * len(self)
 
     def __getitem__(self, index: int) -> Example:
         from .images import load_image
@@ -338,7 +342,7 @@ def check_tfds_prepared(name: str, data_dir: str | os.PathLike | None = None) ->
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class TfdsSource(_Sequence):
+class TfdsSource(_OwnSources):
     """A ``tfds.data_source`` split read as :class:`Example` (random access, no TensorFlow)."""
 
     name: str
@@ -355,15 +359,6 @@ class TfdsSource(_Sequence):
     def ids(self) -> tuple[str, ...]:
         """``<name>/<split>/<position>``: known without decoding a record (a split's order is fixed)."""
         return tuple(f"{self.name}/{self.split}/{i}" for i in range(len(self)))
-
-    @property
-    def clusters(self) -> tuple[str, ...]:
-        """Each image is its own source: its id."""
-        return self.ids
-
-    @property
-    def groups(self) -> tuple[str, ...]:
-        return (PLAIN_GROUP,) * len(self)
 
     def __getitem__(self, index: int) -> Example:
         i = self._check_index(index)
