@@ -10,8 +10,10 @@ Per image: PDA (stride 1, a conditional Gaussian fitted per window size on the t
 −R_t for every window size from its own build key; ``avg`` is :func:`undesirable_jax.evaluate.methods.
 average_windows` of all sizes (each map scaled to max |value| 1 first); ``random`` is the null. All are
 scored by :func:`undesirable_jax.evaluate.runner.score_maps` (ROAD, draws from the score stream). The
-table gives the mean removal gain Δp(t) undesirable-first and the MoRF−LeRF area with 95 % intervals,
-and each map's paired difference against random (bootstrap CI, Wilcoxon p, Holm).
+table gives U_t on its own support (removal gain Δp(t) at each q, its mean gain over its own curve) and
+the full signed order −R_t (MoRF−LeRF area), as means over source images (clusters: a digit and its
+corrupted copies are one unit) with t intervals, and each map's cluster-paired difference against random
+(cluster bootstrap CI, d_z, Wilcoxon p on cluster means, Holm over the maps × both areas).
 """
 
 from __future__ import annotations
@@ -54,24 +56,46 @@ def image_scores(model, samplers, config, ex, prep, seed_count):
         maps["avg"] = methods.average_windows(list(maps.values()))
         maps["random"] = methods.BUILDERS["random"](ctx, jax.random.fold_in(key, 1000))
         seeds.append(runner.score_maps(ctx, maps, t, ex.id, r))
-    return {"p_target": float(probs[t]), "prediction": int(probs.argmax()), "label": t, "seeds": seeds}
+    return {"p_target": float(probs[t]), "prediction": int(probs.argmax()), "label": t, "seeds": seeds,
+            "cluster": ex.cluster or ex.id}
 
 
 def table(results, names, percents):
-    lines = ["| map | " + " | ".join(f"Δp(t) q = {q:g}%" for q in percents) + " | MoRF−LeRF area | "
-             f"vs random, q = {percents[-1]:g}% (p Holm) |", "|---" * (len(percents) + 3) + "|"]
-    cols = {n: np.array([summary.per_image(r, n, "removal_gain") for r in results]) for n in names}
-    rows = {row.a: row for row in stats.paired_table({n: cols[n][:, -1] for n in names}, family="all")
-            if row.b == "random"}
+    """Per map: U_t on its own support (Δp(t) at each q, mean gain over its curve) and the full signed
+    order −R_t (MoRF − LeRF area), cluster means [t 95 % CI over source images]; each map against random
+    on ``ut_area`` and ``area_between``, cluster-paired (Wilcoxon on cluster means, d_z), Holm over those."""
+    clusters = [r["cluster"] for r in results]
+    cols = {(n, m): [summary.per_image(r, n, m) for r in results] for n in names
+            for m in ("ut_gain", "ut_area", "area_between")}
+
+    def cell(values):
+        m, lo, hi, _ = summary.cluster_mean_ci(values, clusters)
+        return summary._cell({"mean": m, "ci_low": lo, "ci_high": hi})
+
+    rows = {}
+    for metric in ("ut_area", "area_between"):
+        scores = {n: np.array([float(v) for v in cols[(n, metric)]]) for n in names if n != "random"}
+        family = [(n, "random") for n in scores]
+        for row in stats.paired_table(scores, nulls={"random": np.array([float(v) for v in cols[("random", metric)]])},
+                                      clusters=clusters, family=family):
+            if row.b == "random":
+                rows[(row.a, metric)] = row
+    head = ("| map | " + " | ".join(f"U_t Δp(t) q = {q:g}%" for q in percents)
+            + " | U_t mean gain over its curve | −R_t MoRF−LeRF area | U_t area − random (d_z, p Holm) | "
+            "−R_t area − random (d_z, p Holm) |")
+    lines = [head, "|---" * (len(percents) + 5) + "|"]
     for n in names:
-        cells = [summary._cell(dict(zip(("mean", "ci_low", "ci_high"), summary.mean_ci(cols[n][:, i]))))
-                 for i in range(len(percents))]
-        area = summary._cell(dict(zip(("mean", "ci_low", "ci_high"), summary.mean_ci(
-            [float(summary.per_image(r, n, "area_between")) for r in results]))))
-        vs = rows.get(n)
-        cmp_ = "—" if vs is None else f"{vs.mean:+.4f} [{vs.ci_low:+.4f}, {vs.ci_high:+.4f}] ({vs.p_holm:.2g})"
-        lines.append(f"| {n} | " + " | ".join(cells) + f" | {area} | {cmp_} |")
-    return "\n".join(lines)
+        cells = [cell([float(v[i]) for v in cols[(n, "ut_gain")]]) for i in range(len(percents))]
+        vs = []
+        for metric in ("ut_area", "area_between"):
+            row = rows.get((n, metric))
+            vs.append("—" if row is None else
+                      f"{row.mean:+.4f} [{row.ci_low:+.4f}, {row.ci_high:+.4f}] ({row.d_z:+.2f}, {row.p_holm:.2g})")
+        lines.append(f"| {n} | " + " | ".join(cells) + f" | {cell([float(v) for v in cols[(n, 'ut_area')]])} | "
+                     f"{cell([float(v) for v in cols[(n, 'area_between')]])} | " + " | ".join(vs) + " |")
+    n_clusters = len(set(clusters))
+    return (f"Unit: the source image (n = {n_clusters} clusters, {len(results)} images); Holm family: every map "
+            f"against random on both areas (m = {2 * (len(names) - 1)}).\n\n" + "\n".join(lines))
 
 
 def main() -> None:
