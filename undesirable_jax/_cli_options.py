@@ -9,6 +9,7 @@ never leaks into another's.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -338,7 +339,13 @@ def check_model_files(args: argparse.Namespace) -> None:
     """``--class-names`` (UTF-8 text), ``--preprocess`` (its JSON, depth and field types), ``--input-size``,
     ``--mean``, ``--std``: checked before any model is loaded."""
     from .data.specs import read_preprocess, read_text
+    from .models.external import ExternalOptions, check_external_only
 
+    given = [f.name for f in dataclasses.fields(ExternalOptions) if getattr(args, f.name, None) is not None]
+    try:
+        check_external_only(getattr(args, "model", ""), given)   # before their files are read
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if getattr(args, "class_names", None) is not None:
         read_text(args.class_names, "--class-names")
     if getattr(args, "preprocess", None) is not None:

@@ -235,7 +235,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         return 0
     orchestrate.claim(out, args.resume, share)
     model = _model(args)
-    dataset = data.Subset(ilsvrc_labels(full, model.class_names), args.limit)  # WordNet-id folders: ILSVRC labels
+    dataset = data.Subset(ilsvrc_labels(full, model.class_names), args.limit,  # WordNet-id folders: ILSVRC labels
+                          spread=args.spread)
     data.check_model_classes(dataset.class_names, model.class_names, dataset=args.dataset, model=model.name,
                              name="--dataset")
     checks.window(args.window, args.stride, model.input_shape, _WINDOW)

@@ -19,7 +19,7 @@ import importlib
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ..data.images import IMAGENET_CLASSES
 from ..data.preprocess import TORCHVISION, Preprocessor
@@ -51,6 +51,13 @@ class ExternalOptions:
     def given(self) -> list[str]:
         """The names of the options that were set."""
         return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+
+
+def check_external_only(spec: str, given: Sequence[str]) -> None:
+    """Refuse the options of :class:`ExternalOptions` (``given``: their field names) for a model that is not an
+    ONNX file or a torch function: they would be ignored."""
+    if given and not is_external(spec):
+        raise ValueError(f"--{given[0].replace('_', '-')}: only for --model *.onnx or torch:MODULE:FUNCTION")
 
 
 def is_external(spec: str) -> bool:
@@ -133,8 +140,7 @@ def resolve(spec: str, weights: str | os.PathLike | None = None,
     options = external if external is not None else ExternalOptions()
     if is_external(spec):
         return load_external(spec, weights, options)
-    if options.given():
-        raise ValueError(f"--{options.given()[0].replace('_', '-')}: only for --model *.onnx or torch:MODULE:FUNCTION")
+    check_external_only(spec, options.given())
     if ":" not in spec:
         if spec not in MODEL_NAMES:
             raise ValueError(f"--model: unknown model {spec!r}; use one of {', '.join(MODEL_NAMES)} "
