@@ -14,12 +14,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-
 
 def folder_images(root: Path) -> list[Path]:
-    """The image files under ``root`` (recursively), sorted by relative path; an error when there are none."""
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """The image files under ``root`` (recursively, :func:`.data.datasets.image_files`), sorted by path; an
+    error when there are none."""
+    from .data.datasets import IMAGE_SUFFIXES, image_files
+
+    files = image_files(root)
     if not files:
         raise ValueError(f"image: the folder {str(root)!r} holds no image files ({', '.join(IMAGE_SUFFIXES)}); "
                          "pass a folder of images or one image file")
@@ -65,16 +66,9 @@ def explain_folder(args: argparse.Namespace, model: Any, sampler: Any, key: Any,
 def _save(args: argparse.Namespace, model: Any, path: Path, image: Any, expl: Any, out: Path, index: int) -> None:
     """One image's arrays and its factors (no new forward pass), written atomically (a resumed run never
     finds half a file)."""
-    import numpy as np
-
     from . import io
+    from ._cli_report import explanation_arrays
     from .factors import factors
 
     f = factors(expl, target=args.target, top_k=args.top_k, decouple=not args.plain)
-    io.save_npz(out, image=image, evidence=expl.evidence, probs=expl.probs, classes=expl.classes,
-                coverage=expl.coverage, window_probs=expl.window_probs, evidence_se=expl.evidence_se,
-                window_samples=expl.window_samples, target_class=f.target_class, target=f.target,
-                non_target_classes=f.non_target_classes, non_target=f.non_target, combined=f.combined,
-                window=args.window, stride=args.stride, num_samples=args.samples, seed=args.seed,
-                decoupled=not args.plain, index=index, source=str(path), model=model.name, sampler=args.sampler,
-                class_names=np.asarray(model.class_names))
+    io.save_npz(out, **explanation_arrays(args, model, image, expl, f), index=index, source=str(path))

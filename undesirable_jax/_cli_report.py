@@ -23,18 +23,25 @@ def save_explained(args: argparse.Namespace, model: Any, raw: Any, image: Any, e
                         unmasked=None if masked is None else f,
                         title=f"{model.name} on {image_name}: {_settings_title(args, expl)}")
     save_figure(fig, paths[0], dpi=args.dpi)
-    io.save_npz(paths[1], image=image, evidence=expl.evidence, probs=expl.probs, classes=expl.classes,
-                coverage=expl.coverage, window_probs=expl.window_probs, target_class=f.target_class,
-                target=f.target, non_target_classes=f.non_target_classes, non_target=f.non_target,
-                non_target_probs=f.non_target_probs, combined=f.combined, window=args.window,
-                stride=args.stride, num_samples=args.samples, seed=args.seed, decoupled=not args.plain,
-                evidence_se=expl.evidence_se, window_samples=expl.window_samples,
+    io.save_npz(paths[1], **explanation_arrays(args, model, image, expl, f),
+                non_target_probs=f.non_target_probs,
                 budget=np.nan if args.budget is None else args.budget,
                 alpha=np.nan if args.alpha is None else args.alpha,
                 significant_target=np.full(f.target.shape, True) if masked is None else
-                np.asarray(masked.target) >= np.asarray(f.target),
-                model=model.name, sampler=args.sampler, class_names=np.asarray(model.class_names),
-                outputs=expl.outputs)
+                np.asarray(masked.target) >= np.asarray(f.target))
+
+
+def explanation_arrays(args: argparse.Namespace, model: Any, image: Any, expl: Any, f: Any) -> dict[str, Any]:
+    """The arrays and settings every ``explain`` ``.npz`` holds (one image, or each image of a folder)."""
+    import numpy as np
+
+    return dict(image=image, evidence=expl.evidence, probs=expl.probs, classes=expl.classes,
+                coverage=expl.coverage, window_probs=expl.window_probs, evidence_se=expl.evidence_se,
+                window_samples=expl.window_samples, target_class=f.target_class, target=f.target,
+                non_target_classes=f.non_target_classes, non_target=f.non_target, combined=f.combined,
+                window=args.window, stride=args.stride, num_samples=args.samples, seed=args.seed,
+                decoupled=not args.plain, model=model.name, sampler=args.sampler,
+                class_names=np.asarray(model.class_names), outputs=expl.outputs)
 
 
 def _settings_title(args: argparse.Namespace, expl: Any) -> str:

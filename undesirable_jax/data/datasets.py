@@ -253,6 +253,12 @@ class ImageFolder(_OwnSources):
         return Example(id=self.ids[i], image=image, label=self.labels[i])
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The image files (:data:`IMAGE_SUFFIXES`, not hidden) under ``folder``, recursively, sorted by path."""
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
 def image_folder(root: str | os.PathLike) -> ImageFolder:
     """One sub-folder per class (names sorted -> labels 0, 1, ...), image files found recursively."""
     root = Path(root)
@@ -261,8 +267,7 @@ def image_folder(root: str | os.PathLike) -> ImageFolder:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     paths, labels = [], []
     for label, name in enumerate(classes):
-        files = sorted(p for p in (root / name).rglob("*")
-                       if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+        files = image_files(root / name)
         paths += files
         labels += [label] * len(files)
     if not paths:
