@@ -12,18 +12,22 @@ def main() -> None:
         dist.initialize(f"127.0.0.1:{port}", count, index, timeout_s=60, heartbeat_timeout_s=10)
     import numpy as np
 
-    from undesirable_jax import data, models, samplers
+    from undesirable_jax import compile_cache, data, models, samplers
     from undesirable_jax.evaluate import EvalConfig
     from undesirable_jax.evaluate.orchestrate import run_distributed
 
+    if os.environ.get("UJ_TEST_CACHE"):  # the processes of a test share one compile cache (see launch)
+        compile_cache.enable(os.environ["UJ_TEST_CACHE"])
     model = models.load("digits_cnn")
     digits = data.digits("test")
     subset = data.ArraySet(name="digits", images=digits.images[:6], labels=digits.labels[:6],
                            ids=digits.ids[:6], class_names=digits.class_names)
     prep = lambda raw: np.asarray(model.preprocess(raw).image, np.float32)  # noqa: E731
-    config = EvalConfig(model="digits_cnn", window=2, stride=2, num_samples=1, seed=seed,
+    # Small (4×4 windows, one seed, one scoring draw): the tests check how processes share, crash and
+    # resume, which does not depend on the sizes.
+    config = EvalConfig(model="digits_cnn", window=4, stride=4, num_samples=1, seed=seed,
                         dataset="digits[:6]", methods=("pda", "occlusion", "random"), percents=(10.0, 20.0),
-                        curve_steps=3)
+                        curve_steps=3, num_seeds=1, scoring_draws=1)
     die_after = int(os.environ.get("UJ_TEST_DIE_AFTER", "-1"))
     if die_after >= 0 and index == 1:
         real = subset.__getitem__
