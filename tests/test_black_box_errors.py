@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jax
@@ -223,23 +224,41 @@ def _bad_models(tmp: Path) -> dict[str, tuple[str, str]]:
             "Ctrl-C in a torch call": ("torch:interrupted:build", "interrupted")}
 
 
-@pytest.fixture(scope="module")
-def bad_models(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("bad_models")
-    return tmp, _bad_models(tmp)
+BAD_CASES = ["empty", "garbage", "text", "truncated", "unknown op", "external data missing", "graph fails at run time",
+             "torch import fails", "torch needs CUDA", "Ctrl-C in a torch call"]
 
 
-@pytest.mark.parametrize("case", ["empty", "garbage", "text", "truncated", "unknown op", "external data missing",
-                                  "graph fails at run time",
-                                  "torch import fails", "torch needs CUDA", "Ctrl-C in a torch call"])
-def test_every_bad_model_is_one_error_line_exit_2(bad_models, case):
-    tmp, cases = bad_models
-    model, word = cases[case]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run([sys.executable, "-m", "undesirable_jax", "explain", "chelsea", "--model", model,
+def _run_bad_model(model: str, tmp: Path, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "undesirable_jax", "explain", "chelsea", "--model", model,
                            "--input-size", "8", "--window", "4", "--stride", "4", "--sampler", "constant",
                            "--top-k", "1", "--no-progress", "--out-dir", str(tmp / "out"), "--compile-cache", "off"],
                           capture_output=True, text=True, cwd=tmp, env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def bad_model_runs(tmp_path_factory):
+    """case → (the CLI's finished process, the word its error line must hold), each case in its own fresh
+    process as a user would start it. The processes run a few at a time: each is mostly Python, JAX
+    and torch start-up on one core, so one after another left the other cores idle."""
+    tmp = tmp_path_factory.mktemp("bad_models")
+    cases = _bad_models(tmp)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
+
+    def run(case):  # a run past its deadline fails its own case only
+        try:
+            return _run_bad_model(cases[case][0], tmp, env)
+        except subprocess.TimeoutExpired as e:
+            return e
+
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2)) as pool:
+        procs = dict(zip(BAD_CASES, pool.map(run, BAD_CASES)))
+    return {case: (procs[case], cases[case][1]) for case in BAD_CASES}
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_every_bad_model_is_one_error_line_exit_2(bad_model_runs, case):
+    proc, word = bad_model_runs[case]
+    assert not isinstance(proc, subprocess.TimeoutExpired), proc
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert len(lines) == 1, proc.stderr[-3000:]
