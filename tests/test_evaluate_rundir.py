@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -129,8 +130,11 @@ def test_temporary_files_of_killed_writes_are_removed_at_the_next_start(tmp_path
         os.utime(old, (0, 0))
         with rundir.RunLock(tmp_path, 1, 2):
             assert not old.exists() and young.exists()
-    with rundir.RunLock(tmp_path):                     # alone: every temporary file goes
-        assert not young.exists() and kept.exists()
+    starting = tmp_path / ".config.json.x3.tmp"           # another process's write, before its lock
+    starting.write_text("half")
+    os.utime(young, (time.time() - 120, time.time() - 120))
+    with rundir.RunLock(tmp_path):                     # alone: older than a minute goes, a write in progress stays
+        assert not young.exists() and kept.exists() and starting.exists()
 
 
 def _path_of(tmp_path):

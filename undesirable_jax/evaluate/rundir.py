@@ -38,7 +38,7 @@ from ..checks import BadFileError
 
 #: Keys every result file holds (written by the runner for each finished image).
 RESULT_KEYS = ("id", "index", "cluster", "group", "config_sha256", "label", "target", "competitor", "prediction", "p_target",
-               "p_competitor", "percents", "fractions", "skipped", "seeds")
+               "p_competitor", "percents", "fractions", "skipped", "seeds", "passes")
 
 
 def _read_json_object(path: Path, what: str, fix: str) -> dict:
@@ -206,7 +206,9 @@ class RunLock:
             except ValueError:
                 self.__exit__()
                 raise
-            remove_temporary(self.path.parent, min_age_s=0.0 if not others else 600.0)
+            # Alone, a temporary file older than a minute is a killed write's; a younger one may be another
+            # process's write in progress (config.json is written before the lock is taken).
+            remove_temporary(self.path.parent, min_age_s=60.0 if not others else 600.0)
             return self
         raise ValueError(f"out_dir: could not take the lock {str(self.path)!r} (another process keeps taking it)")
 
