@@ -36,7 +36,7 @@ from .. import checks
 from ..classifiers import Classifier
 from ..samplers import Sampler, gaussian_blur
 from ..windows import WindowGrid
-from .road import road_impute
+from .road import ROAD_TOL, add_noise, linear_impute
 
 PERTURBATIONS = ("road", "constant", "blur")
 
@@ -134,11 +134,27 @@ class Perturbation:
 
     def apply(self, image: jnp.ndarray, removed: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
         """``image [H, W, C]`` with the ``removed [H, W]`` bool pixels replaced; ``key`` drives ROAD's noise."""
+        return self.draw(image, removed, self.fill(image, removed), key)
+
+    def fill(self, image: jnp.ndarray, removed: jnp.ndarray) -> jnp.ndarray:
+        """The noise-free replacement ``[H, W, C]`` of the removed pixels (ROAD: its linear imputation, solved
+        as :func:`.road.road_impute` does; the constant; the blurred image), shared by every draw."""
         if self.kind == "road":
-            return road_impute(image, removed, key, noise=float(self.noise))
-        fill = (jnp.full_like(image, self.value) if self.kind == "constant"
+            h, w = removed.shape
+            return linear_impute(image, removed, tol=ROAD_TOL, maxiter=h * w)
+        return (jnp.full_like(image, self.value) if self.kind == "constant"
                 else gaussian_blur(image, float(self.sigma)))
+
+    def draw(self, image: jnp.ndarray, removed: jnp.ndarray, fill: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
+        """One perturbed image from a :meth:`fill`: ROAD adds its noise from ``key``; the others ignore it."""
+        if self.kind == "road":
+            return add_noise(image, removed, fill, key, float(self.noise))
         return jnp.where(removed[..., None], fill, image)
+
+    def distinct_draws(self, draws: int) -> int:
+        """How many of ``draws`` keys give different images: ``draws`` for ROAD with noise, else 1 (the
+        others are deterministic, so one draw is their mean exactly)."""
+        return int(draws) if self.kind == "road" and self.noise > 0 else 1
 
     def describe(self) -> str:
         """A short label such as ``road(noise=0.01)``."""
@@ -147,30 +163,54 @@ class Perturbation:
         return f"{self.kind}({setting})"
 
 
-@functools.partial(jax.jit, static_argnames=("perturbation", "batch_size"))
 def perturbed_probs(classifier: Classifier, image: jnp.ndarray, places: jnp.ndarray, counts: jnp.ndarray,
-                    keys: jax.Array, *, perturbation: Perturbation, batch_size: int) -> jnp.ndarray:
+                    keys: jax.Array, *, perturbation: Perturbation, batch_size: int,
+                    in_turn: bool | None = None) -> jnp.ndarray:
     """Class probabilities of ``image [H, W, C]`` with the first ``counts[f]`` pixels of each ranking removed.
 
     ``places [J, H·W]``: each pixel's place in ranking j (:func:`~undesirable_jax.evaluate.ranking.pixel_ranks`); pixel i is removed when
     ``places[j, i] < counts[f]``. ``keys [D]``: one perturbation draw each, shared by every ranking and
     count (common random numbers for paired comparisons). Returns ``[J, F, K]``, the mean over the D draws.
+
+    Each removal's fill is computed once for all its draws (ROAD's linear solve, then D noise draws:
+    :meth:`Perturbation.fill`, :meth:`Perturbation.draw`), and a deterministic perturbation is
+    classified once (:meth:`Perturbation.distinct_draws`). A step classifies about ``batch_size``
+    images: ``batch_size // D`` removals × their D draws.
+
+    ``in_turn``: a step's fills are computed one removal after another (``lax.map``) rather than
+    vectorised (``vmap``, where ROAD's CG iterates in lockstep until the slowest removal converges).
+    None: in turn on CPU, vectorised on accelerators, as measured best (``benchmarks/bench_road.py``:
+    on CPU at 112², smooth rankings, in turn is about 2× faster). The results do not depend on it.
     """
+    if in_turn is None:
+        in_turn = jax.default_backend() == "cpu"
+    return _perturbed_probs(classifier, image, places, counts, keys, perturbation=perturbation,
+                            batch_size=int(batch_size), in_turn=bool(in_turn))
+
+
+@functools.partial(jax.jit, static_argnames=("perturbation", "batch_size", "in_turn"))
+def _perturbed_probs(classifier, image, places, counts, keys, *, perturbation, batch_size, in_turn):
     h, w, _ = image.shape
+    keys = keys[:perturbation.distinct_draws(keys.shape[0])]
     j, f, d = places.shape[0], counts.shape[0], keys.shape[0]
-    total = j * f * d
-    batch = max(1, min(int(batch_size), total))
+    total = j * f
+    batch = max(1, min(int(batch_size) // d, total))
     chunks = -(-total // batch)
     idx = jnp.minimum(jnp.arange(chunks * batch, dtype=jnp.int32), total - 1).reshape(chunks, batch)
 
-    def one(i):
-        i_j, rest = i // (f * d), i % (f * d)
-        i_f, i_d = rest // d, rest % d
-        removed = (places[i_j] < counts[i_f]).reshape(h, w)
-        return perturbation.apply(image, removed, keys[i_d])
+    def removed(i):
+        return (places[i // f] < counts[i % f]).reshape(h, w)
+
+    def fill(i):
+        return perturbation.fill(image, removed(i))
+
+    def draws(i, filled):
+        return jax.vmap(lambda k: perturbation.draw(image, removed(i), filled, k))(keys)       # [D, H, W, C]
 
     def chunk(ids):
-        return classifier.probs(jax.vmap(one)(ids))
+        fills = jax.lax.map(fill, ids) if in_turn else jax.vmap(fill)(ids)
+        images = jax.vmap(draws)(ids, fills).reshape(-1, *image.shape)
+        return classifier.probs(images).reshape(batch, d, -1).mean(axis=1)
 
     probs = jax.lax.map(chunk, idx).reshape(chunks * batch, -1)[:total]
-    return probs.reshape(j, f, d, -1).mean(axis=2)
+    return probs.reshape(j, f, -1)
