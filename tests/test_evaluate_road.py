@@ -10,7 +10,7 @@ import scipy.ndimage
 import scipy.sparse
 import scipy.sparse.linalg
 
-from undesirable_jax.evaluate import road_impute
+from undesirable_jax.evaluate import road, road_impute
 
 
 def reference(image: np.ndarray, removed: np.ndarray) -> np.ndarray:
@@ -155,3 +155,17 @@ def test_bad_input_is_refused():
         road_impute(img, jnp.zeros((4, 4)), jax.random.key(0))
     with pytest.raises(ValueError, match="noise"):
         road_impute(img, jnp.zeros((4, 4), bool), jax.random.key(0), noise=-1.0)
+
+
+def test_the_push_pull_start_is_the_kept_values_where_kept_and_their_mean_from_far_away():
+    rng = np.random.default_rng(3)
+    image = jnp.asarray(rng.uniform(size=(7, 5, 2)), jnp.float32)
+    kept = np.zeros((7, 5), bool)
+    kept[6, 4] = True                                   # one kept pixel: every estimate is its value
+    out = np.asarray(road.pyramid_fill(image, jnp.asarray(kept)))
+    np.testing.assert_allclose(out, np.broadcast_to(np.asarray(image)[6, 4], out.shape), rtol=1e-6)
+    kept = rng.uniform(size=(7, 5)) < 0.4
+    out = np.asarray(road.pyramid_fill(image, jnp.asarray(kept)))
+    np.testing.assert_allclose(out[kept], np.asarray(image)[kept], rtol=1e-6)
+    assert np.all(out >= np.asarray(image)[kept].min(0) - 1e-6) and np.all(out <= np.asarray(image)[kept].max(0) + 1e-6)
+    assert np.all(np.asarray(road.pyramid_fill(image, jnp.zeros((7, 5), bool))) == 0.0)   # nothing kept: 0

@@ -110,10 +110,10 @@ def test_interrupted_run_resumes_to_exactly_the_uninterrupted_results(reference,
 def test_resume_skips_finished_images(reference, tmp_path, monkeypatch):
     ev.run(tmp_path, toy_images(6)[:3], toy, CONFIG, SAMPLER, progress=False, summarize=False)
     calls = []
-    original = runner.evaluate_image
-    monkeypatch.setattr(runner, "evaluate_image", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = runner.evaluate_images
+    monkeypatch.setattr(runner, "evaluate_images", lambda *a, **k: calls.extend(a[5]) or original(*a, **k))
     ev.run(tmp_path, toy_images(6), toy, CONFIG, SAMPLER, progress=False)
-    assert len(calls) == 3
+    assert calls == ["img/3", "img/4", "img/5"]   # the unfinished images only, each once
 
 
 def test_resume_with_a_different_configuration_is_refused(reference):

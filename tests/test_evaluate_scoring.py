@@ -57,7 +57,7 @@ def test_build_score_and_rank_keys_come_from_disjoint_streams(monkeypatch):
             return fn(*args, **kwargs)
         return wrapped
 
-    monkeypatch.setattr(methods, "explain", recorder("build", methods.explain, None, "key"))
+    monkeypatch.setattr(methods, "explain_batch", recorder("build", methods.explain_batch, None, "key"))
     monkeypatch.setattr(methods.baselines, "rise", recorder("build", methods.baselines.rise, 4, "key"))
     monkeypatch.setattr(methods.baselines, "random_maps", recorder("build", methods.baselines.random_maps, 0, "key"))
     monkeypatch.setattr(methods.baselines, "smoothgrad", recorder("build", methods.baselines.smoothgrad, 3, "key"))
@@ -99,19 +99,26 @@ def test_constant_and_blur_perturbations_touch_only_removed_pixels(kind):
         ev.Perturbation("mean")
 
 
-def test_perturbed_probs_equal_a_direct_loop():
+@pytest.mark.parametrize("kind, in_turn", [("road", True), ("road", False), ("constant", None), ("blur", True)])
+def test_perturbed_probs_equal_a_direct_loop(kind, in_turn):
+    """Every (ranking, count, draw) image built by hand and classified on its own: one fill per removal
+    shared by its draws, deterministic kinds classified once, in turn or vectorised alike."""
     img = jax.random.uniform(jax.random.key(2), (H, W, 1))
     places = jnp.stack([jax.random.permutation(jax.random.key(i), H * W) for i in range(2)]).astype(jnp.int32)
     counts = jnp.asarray([0, 5, 64])
     ks = keys.part_keys(jax.random.key(3), 3)
-    pert = ev.Perturbation("road", noise=0.05)
+    pert = ev.Perturbation(kind, noise=0.05, value=0.3, sigma=1.5)
     got = np.asarray(ev.removal.perturbed_probs(as_classifier(planted), img, places, counts, ks,
-                                                perturbation=pert, batch_size=5))
+                                                perturbation=pert, batch_size=5, in_turn=in_turn))
     for j in range(2):
         for f, n in enumerate([0, 5, 64]):
             removed = (places[j] < n).reshape(H, W)
-            want = np.mean([np.asarray(jax.nn.softmax(planted(ev.road_impute(img, removed, k, noise=0.05)[None])[0]))
-                            for k in ks], axis=0)
+            if kind == "road":
+                filled = [ev.road_impute(img, removed, k, noise=0.05) for k in ks]
+            else:
+                fill = jnp.full_like(img, 0.3) if kind == "constant" else uj.samplers.gaussian_blur(img, 1.5)
+                filled = [jnp.where(removed[..., None], fill, img)]
+            want = np.mean([np.asarray(jax.nn.softmax(planted(x[None])[0])) for x in filled], axis=0)
             np.testing.assert_allclose(got[j, f], want, rtol=1e-4, atol=1e-6)
 
 

@@ -29,8 +29,21 @@ def fake_results(n_clusters=20):
                           "margin_gain": {"uc": [a, a]}}
             out.append({"id": f"{c}/{group}", "cluster": f"src{c}", "group": group, "label": c % 3,
                         "prediction": (c + 1) % 3 if wrong else c % 3, "p_target": 0.5 if wrong else 0.9995,
-                        "p_competitor": 0.4 if wrong else 0.0001, "skipped": {}, "seeds": [rec]})
+                        "p_competitor": 0.4 if wrong else 0.0001, "skipped": {}, "seeds": [rec],
+                        "passes": {**{m: {"build": 10 + c, "gradient": 0, "score": 100} for m in level},
+                                   "shared": {"build": 2, "gradient": 0, "score": 1}}})
     return out
+
+
+def test_the_summary_reports_passes_per_image_by_method(tmp_path):
+    res = fake_results(n_clusters=4)                      # builds 10..13 per image: mean 11.5
+    res[0]["passes"]["good"]["gradient"] = 80             # one image of 8: mean 10
+    md = summary.write_summary(tmp_path, res, CONFIG)["markdown"].read_text()
+    table = md.split("## Classifier passes per image")[1].split("\n## ")[0]
+    assert "| pda | 12 | 0 | 100 | 112 |" in table        # 11.5 rounds to even: 12
+    assert "| good | 12 | 10 | 100 | 112 |" in table
+    assert "| shared | 2 | 0 | 1 | 3 |" in table
+    assert "| **all** | 48 | 10 | 401 | 449 |" in table   # 4 × 11.5 + 2; 4 × 100 + 1
 
 
 def test_summary_without_controls_omits_the_margin_and_lists_the_holm_family(tmp_path, monkeypatch):

@@ -155,3 +155,9 @@ def test_adaptive_priority_weights_must_be_finite_and_non_negative(kwargs, name)
 def test_evaluate_numbers_are_checked_before_the_model(extra, needle, tmp_path, capsys):
     one_line_error(["evaluate", "--dataset", "digits", *NO_MODEL, "--window", 2, "--stride", 2,
                     "--out", tmp_path / "run", *extra], capsys, needle)
+
+
+@pytest.mark.parametrize("command", [["explain", *NO_MODEL], ["evaluate", *NO_MODEL, "--dataset", "digits",
+                                                             "--window", 2, "--stride", 2, "--out", "unused-out"]])
+def test_batch_images_below_one_is_refused_before_the_model(command, capsys):
+    one_line_error([*command, "--batch-images", 0], capsys, "--batch-images", ">= 1")

@@ -197,7 +197,6 @@ def _explain_folder(args: argparse.Namespace, model: Any, t0: float) -> int:
 
     from ._cli_folder import explain_folder
 
-    checks.positive_int("--batch-images", args.batch_images, maximum=None)
     k_sampler, k_explain = jax.random.split(jax.random.key(args.seed))
     pool_specs = args.pool if args.pool is not None else list(options.sample_names())
     pool = lambda: np.stack([_preprocessed(model, load_raw_image(s, "--pool")[0]) for s in pool_specs])  # noqa: E731
@@ -249,7 +248,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(_outputs_line(model.classifier.outputs, clf.outputs, f"image {dataset[0].id!r}"))
     merged = orchestrate.run_share(out, dataset, clf, config, sampler, share,
                                    preprocess=lambda raw: _preprocessed(model, raw), chunk_size=args.chunk_size,
-                                   batch_size=args.batch_size, progress=not args.no_progress, mesh=_mesh(args))
+                                   batch_size=args.batch_size, batch_images=args.batch_images,
+                                   progress=not args.no_progress, mesh=_mesh(args))
     report.evaluated(out, config, model.name, time.perf_counter() - t0, merged, share.joined)
     return 0
 

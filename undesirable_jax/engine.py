@@ -187,8 +187,9 @@ def explain_batch(
     keys are derived per image, so a ``[1, H, W, C]`` batch is not the same call as its one image.
     Image ``i`` uses the key ``jax.random.fold_in(key, indices[i])`` (``indices`` default ``0 … N−1``; pass
     the images' positions in a data set so that a result does not depend on how the set was split into
-    batches): its explanation equals ``explain(images[i], key=jax.random.fold_in(key, indices[i]))`` (up to float32 summation order) and does not
-    depend on the other images of the batch. One step takes ``chunk_size`` (image, window, sample)
+    batches), or ``key[i]`` when ``key`` holds one key per image (shape ``[N]``; e.g. the evaluation's
+    per-image streams; ``indices`` must then be None): its explanation equals ``explain(images[i],
+    key=<that key>)`` (up to float32 summation order) and does not depend on the other images of the batch. One step takes ``chunk_size`` (image, window, sample)
     triples, so many images with few windows each fill the device's batch (a coarse grid, a small
     model), and the Python work per step is shared by the whole batch.
 
@@ -202,9 +203,8 @@ def explain_batch(
     applied to every image; ``target_se`` steers each image by its own top-1 class.
     """
     lo, hi = check_samples(num_samples, target_se)
-    key = checks.prng_key(key)
     imgs = _check_image(images, batch=True)
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(_check_indices(indices, imgs.shape[0]))
+    keys = _image_keys(key, indices, imgs.shape[0])
     run = prepare_batch(classifier, imgs, keys, window=window, stride=stride, sampler=sampler, classes=classes,
                         laplace_n=laplace_n, mesh=mesh, progress=progress)
     acc, counts = sample_windows(run, lo, hi, target_se, chunk_size)
@@ -691,6 +691,19 @@ def _check_image(image: Any, *, batch: bool = False) -> jnp.ndarray:
     if not bool(jnp.all(jnp.isfinite(arr))):
         raise ValueError(f"{name}: contains NaN or inf; clean the image or its preprocessing")
     return arr
+
+
+def _image_keys(key: Any, indices: Sequence[int] | None, n: int) -> jax.Array:
+    """One key per image: ``fold_in(key, indices[i])`` for a single ``key``, or ``key`` itself when it holds N."""
+    if isinstance(key, jax.Array) and key.ndim == 1 and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape != (n,):
+            raise ValueError(f"key: expected one key or one key per image ({n}), got {key.shape[0]} keys")
+        if indices is not None:
+            raise ValueError("indices: not used with one key per image; pass key=jax.random.key(seed) with "
+                             "indices, or the N keys alone")
+        return key
+    key = checks.prng_key(key)
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(_check_indices(indices, n))
 
 
 def _check_indices(indices: Sequence[int] | None, n: int) -> jnp.ndarray:

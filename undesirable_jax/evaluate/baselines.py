@@ -33,7 +33,7 @@ import numpy as np
 
 from .. import checks
 from ..classifiers import Classifier, as_classifier
-from ..engine import explain
+from ..engine import explain_batch
 from ..evidence import laplace, log_odds
 from ..samplers import constant, gaussian_blur
 from .metrics import MethodMaps
@@ -58,9 +58,19 @@ def occlusion(classifier: Any, image: Any, classes: Sequence[int], *, window: in
               value: float | Sequence[float] = 0.0, chunk_size: int | None = None,
               laplace_n: float = 100_000, mesh: Any = None) -> jnp.ndarray:
     """Occlusion in weight of evidence: ``[len(classes), H, W]`` (PDA, constant ``value``, one sample)."""
-    expl = explain(classifier, image, window=window, stride=stride, sampler=constant(value),
-                   num_samples=1, key=jax.random.key(0), chunk_size=chunk_size, classes=list(classes),
-                   laplace_n=laplace_n, mesh=mesh)
+    return occlusion_batch(classifier, jnp.asarray(image)[None], classes, window=window, stride=stride,
+                           value=value, chunk_size=chunk_size, laplace_n=laplace_n, mesh=mesh)[0]
+
+
+def occlusion_batch(classifier: Any, images: Any, classes: Sequence[int], *, window: int, stride: int,
+                    value: float | Sequence[float] = 0.0, chunk_size: int | None = None,
+                    laplace_n: float = 100_000, mesh: Any = None) -> jnp.ndarray:
+    """:func:`occlusion` of images ``[N, H, W, C]`` whose windows share the engine's chunks:
+    ``[N, len(classes), H, W]`` (the constant fill needs no key; a row does not depend on the other rows
+    kept, so one ``classes`` list may serve every image)."""
+    expl = explain_batch(classifier, images, window=window, stride=stride, sampler=constant(value),
+                         num_samples=1, key=jax.random.key(0), chunk_size=chunk_size, classes=list(classes),
+                         laplace_n=laplace_n, mesh=mesh)
     return expl.evidence
 
 

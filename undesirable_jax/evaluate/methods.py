@@ -23,7 +23,7 @@ import numpy as np
 
 from .. import checks
 from ..classifiers import as_classifier
-from ..engine import explain
+from ..engine import explain_batch
 from ..factors import factors
 from ..samplers import Sampler
 from . import baselines
@@ -54,11 +54,22 @@ class BuildContext:
     mesh: Any = None
 
 
-def _pda(ctx: BuildContext, key: jax.Array) -> SignedMaps:
+def _pda(ctxs: list[BuildContext], keys: list[jax.Array]) -> list[SignedMaps]:
+    cfg, ctx = ctxs[0].config, ctxs[0]
+    expl = explain_batch(ctx.classifier, _stack(ctxs), window=cfg.window, stride=cfg.stride, sampler=ctx.sampler,
+                         num_samples=cfg.num_samples, key=jnp.stack(keys), chunk_size=ctx.chunk_size, classes=None,
+                         laplace_n=cfg.laplace_n, mesh=ctx.mesh)          # all rows: factors' stable q
+    return [_pda_maps(e, c) for e, c in zip(expl.unstack(), ctxs)]
+
+
+def _stack(ctxs: list[BuildContext]) -> jnp.ndarray:
+    """The images of ``ctxs`` as one batch ``[N, H, W, C]``."""
+    return jnp.stack([c.image for c in ctxs])
+
+
+def _pda_maps(expl: Any, ctx: BuildContext) -> SignedMaps:
+    """−R_t and U_c of one image's explanation (all rows kept)."""
     cfg = ctx.config
-    expl = explain(ctx.classifier, ctx.image, window=cfg.window, stride=cfg.stride, sampler=ctx.sampler,
-                   num_samples=cfg.num_samples, key=key, chunk_size=ctx.chunk_size, classes=None,
-                   laplace_n=cfg.laplace_n, mesh=ctx.mesh)          # all rows: factors' stable q
     r_t, r_c = expl.evidence[expl.row(ctx.target)], expl.evidence[expl.row(ctx.competitor)]
     if not cfg.decouple:
         return SignedMaps(against=-r_t, competitors={"uc": r_c}, own="sampler")
@@ -76,12 +87,14 @@ def _decoupled(expl: Any, ctx: BuildContext) -> jnp.ndarray:
     raise ValueError(f"competitor: class {ctx.competitor} is not among the explanation's classes")
 
 
-def _occlusion(ctx: BuildContext, key: jax.Array) -> SignedMaps:
-    cfg = ctx.config
-    r = baselines.occlusion(ctx.classifier, ctx.image, [ctx.target, ctx.competitor], window=cfg.window,
-                            stride=cfg.stride, value=cfg.occlusion_value, chunk_size=ctx.chunk_size,
-                            laplace_n=cfg.laplace_n, mesh=ctx.mesh)
-    return SignedMaps(against=-r[0], competitors={"uc": r[1]}, own=float(cfg.occlusion_value))
+def _occlusion(ctxs: list[BuildContext], keys: list[jax.Array]) -> list[SignedMaps]:
+    cfg, ctx = ctxs[0].config, ctxs[0]
+    classes = sorted({k for c in ctxs for k in (c.target, c.competitor)})   # rows do not depend on each other
+    r = baselines.occlusion_batch(ctx.classifier, _stack(ctxs), classes, window=cfg.window, stride=cfg.stride,
+                                  value=cfg.occlusion_value, chunk_size=ctx.chunk_size, laplace_n=cfg.laplace_n,
+                                  mesh=ctx.mesh)
+    return [SignedMaps(against=-r[i, classes.index(c.target)], competitors={"uc": r[i, classes.index(c.competitor)]},
+                       own=float(cfg.occlusion_value)) for i, c in enumerate(ctxs)]
 
 
 def _rise(ctx: BuildContext, key: jax.Array) -> SignedMaps:
@@ -146,8 +159,25 @@ def _control(name: str) -> Callable[[BuildContext, jax.Array], SignedMaps]:
     return build
 
 
+BATCH_BUILDERS: dict[str, Callable[[list[BuildContext], list[jax.Array]], list[SignedMaps]]] = {
+    "pda": _pda, "occlusion": _occlusion}
+"""The methods whose windows of several images share the engine's chunks (:func:`undesirable_jax.explain_batch`):
+they build the maps of a list of images (one context and key each) in one call; image i's maps equal
+its maps built alone (up to float32 summation order). The other methods build one image at a time."""
+
+
+def _one(batch: Callable[[list[BuildContext], list[jax.Array]], list[SignedMaps]]
+         ) -> Callable[[BuildContext, jax.Array], SignedMaps]:
+    """A batch builder as a one-image builder."""
+    def build(ctx: BuildContext, key: jax.Array) -> SignedMaps:
+        return batch([ctx], [key])[0]
+
+    build.__name__ = batch.__name__
+    return build
+
+
 BUILDERS: dict[str, Callable[[BuildContext, jax.Array], SignedMaps]] = {
-    "pda": _pda, "occlusion": _occlusion, "rise": _rise, "gradient_input": _gradient_input, "random": _random,
+    "pda": _one(_pda), "occlusion": _one(_occlusion), "rise": _rise, "gradient_input": _gradient_input, "random": _random,
     "gradient_ref": _gradient_ref, "integrated_gradients": _integrated_gradients, "smoothgrad": _smoothgrad,
     "sobol": _sobol, **{name: _control(name) for name in baselines.CONTROLS}}
 """The methods by name, in the order the runner reports them (new methods are appended: a method's build

@@ -40,12 +40,14 @@ from tqdm.auto import tqdm
 
 from .. import checks, io
 from ..black_boxes import model_identity
-from ..classifiers import Classifier, as_classifier, rank_classes, resolve_outputs
+from ..classifiers import Classifier, as_classifier, rank_classes, raw_output, resolve_outputs
 from ..samplers import Sampler
+from ..windows import WindowGrid
 from . import rundir, summary
 from .keys import part_keys, stream_key
-from .methods import BUILDERS, BuildContext, SignedMaps, usable
+from .methods import BATCH_BUILDERS, BUILDERS, BuildContext, SignedMaps, usable
 from .methods import check_settings as check_methods
+from .passes import image_passes, score_passes
 from .metrics import DEFAULT_PERCENTS, image_probs, rankings, score_own, score_rankings
 from .ranking import positive_count
 from .removal import Perturbation, fill_image
@@ -165,9 +167,9 @@ def config_record(config: EvalConfig, classifier: Classifier, sampler: Sampler) 
     return rec
 
 
-RESULTS_FORMAT = 2
-"""Version of the result files' fields (2: ``cluster``, ``group``, U_t own-support scores); a folder of
-another format is refused on resume."""
+RESULTS_FORMAT = 3
+"""Version of the result files' fields (2: ``cluster``, ``group``, U_t own-support scores; 3: ``passes``
+per method); a folder of another format is refused on resume."""
 
 
 def sanity_ids(ids: Sequence[str], clusters: Sequence[str], groups: Sequence[str], count: int,
@@ -230,7 +232,25 @@ def result_path(out_dir: str | Path, image_id: str) -> Path:
 
 def build_maps(ctx: BuildContext, names: Sequence[str], key: jax.Array) -> dict[str, SignedMaps]:
     """Every method's maps for one repeat; method ``m`` builds with ``fold_in(key, METHODS.index(m))``."""
-    return {n: BUILDERS[n](ctx, jax.random.fold_in(key, METHODS.index(n))) for n in names}
+    return build_maps_batch([ctx], names, [key])[0]
+
+
+def build_maps_batch(ctxs: Sequence[BuildContext], names: Sequence[str],
+                     keys: Sequence[jax.Array]) -> list[dict[str, SignedMaps]]:
+    """:func:`build_maps` for several images of one shape (a context and a key each).
+
+    The methods of :data:`.methods.BATCH_BUILDERS` (PDA, occlusion) pack the windows of all the images
+    into the engine's chunks; the others build one image at a time. Image i's maps do not depend on the
+    other images (up to float32 summation order).
+    """
+    out: list[dict[str, SignedMaps]] = [{} for _ in ctxs]
+    for n in names:
+        own = [jax.random.fold_in(k, METHODS.index(n)) for k in keys]
+        built = (BATCH_BUILDERS[n](list(ctxs), own) if n in BATCH_BUILDERS
+                 else [BUILDERS[n](c, k) for c, k in zip(ctxs, own)])
+        for maps, m in zip(out, built):
+            maps[n] = m
+    return out
 
 
 def own_fills(own: str | float, ctx: BuildContext, keys: jax.Array) -> jnp.ndarray:
@@ -252,9 +272,11 @@ def score_maps(ctx: BuildContext, maps: dict[str, SignedMaps], label: int, image
     own_keys = part_keys(jax.random.fold_in(score, 1), cfg.scoring_draws)
     for name, m in maps.items():
         rec = common[name]
-        rec["own_gain"] = None if m.own is None else score_own(
-            ctx.classifier, ctx.image, places[name]["ut"], own_fills(m.own, ctx, own_keys), ctx.target,
-            cfg.percents, batch_size=ctx.batch_size).tolist()
+        fills = None if m.own is None else own_fills(m.own, ctx, own_keys)
+        rec["own_gain"] = None if fills is None else score_own(
+            ctx.classifier, ctx.image, places[name]["ut"], fills, ctx.target, cfg.percents,
+            batch_size=ctx.batch_size).tolist()
+        rec["score_passes"] = score_passes(cfg, len(places[name]) - 1, None if fills is None else fills.shape[0])
     return common
 
 
@@ -263,38 +285,80 @@ def evaluate_image(classifier: Any, image: Any, label: int, config: EvalConfig, 
                    mesh: Any = None, sanity: bool = False) -> dict:
     """Every method's maps and scores for one preprocessed image ``[H, W, C]``, ``config.num_seeds`` times.
 
-    The target t is the true ``label``; the competitor c is the most probable other class (ties: the
-    lower id), i.e. the wrong prediction when the model errs. Maps are built from the ``build`` key
-    stream and scored with draws from the ``score`` stream (:mod:`.keys`), so no method is scored with a
-    realisation it was built with. ``sanity``: also run the sanity checks (:func:`sanity_record`).
+    :func:`evaluate_images` of one image (see there).
     """
-    img = jnp.asarray(image, jnp.float32)
-    if img.ndim != 3:
-        raise ValueError(f"image: expected one preprocessed image [H, W, C], got shape {img.shape}")
-    clf = resolve_outputs(classifier, img)   # "auto" decided on this image; an explicit value checked
-    probs = np.asarray(image_probs(clf, img))
-    clf.raise_host_error()   # a black box's own error, not the NaN its callback returned
-    k = probs.shape[0]
-    if not 0 <= int(label) < k:
-        raise ValueError(f"label: {label} is outside the classifier's classes [0, {k})")
-    t = int(label)
-    others = np.where(np.arange(k) == t, -np.inf, probs)
-    c = int(rank_classes(others)[0])
-    ctx = BuildContext(clf, img, t, c, config, sampler, chunk_size, batch_size, mesh)
+    return evaluate_images(classifier, [image], [label], config, sampler, [image_id], chunk_size=chunk_size,
+                           batch_size=batch_size, mesh=mesh, sanity=[sanity])[0]
+
+
+def evaluate_images(classifier: Any, images: Sequence[Any], labels: Sequence[int], config: EvalConfig,
+                    sampler: Sampler, image_ids: Sequence[str], *, chunk_size: int | None = None,
+                    batch_size: int = 64, mesh: Any = None, sanity: Sequence[bool] | None = None) -> list[dict]:
+    """Every method's maps and scores for preprocessed images ``[H, W, C]`` of one shape, one record each.
+
+    The target t is the true label; the competitor c is the most probable other class (ties: the lower
+    id), i.e. the wrong prediction when the model errs. Maps are built from the ``build`` key stream and
+    scored with draws from the ``score`` stream (:mod:`.keys`), both keyed by the image id, so no method
+    is scored with a realisation it was built with, and an image's record does not depend on which
+    images it was evaluated with (PDA's and occlusion's windows of all the images share the engine's
+    chunks: :func:`build_maps_batch`). ``sanity[i]``: also run the sanity checks on image i
+    (:func:`sanity_record`). Each record's ``passes`` counts the images classified per method
+    (:func:`.passes.image_passes`).
+    """
+    if not len(images) == len(labels) == len(image_ids) or not images:
+        raise ValueError(f"images, labels, image_ids: expected one each per image (at least one), got "
+                         f"{len(images)}, {len(labels)}, {len(image_ids)}")
+    sanity = [False] * len(images) if sanity is None else list(sanity)
+    imgs = [_one_image(im, i) for im, i in zip(images, image_ids)]
+    clf = resolve_outputs(classifier, imgs[0])   # "auto" decided on the first image; an explicit value checked
+    for img, image_id in zip(imgs[1:], image_ids[1:]):
+        try:
+            resolve_outputs(clf, img)                # every other image must agree with that decision
+        except ValueError as e:
+            raise ValueError(f"image {image_id!r}: {e}") from e
+    ctxs, recs = zip(*[_image_context(clf, img, int(lab), config, sampler, chunk_size, batch_size, mesh)
+                       for img, lab in zip(imgs, labels)])
     reasons = {m: usable(m, clf) for m in config.methods}
     skipped = {m: why for m, why in reasons.items() if why is not None}
     names = [m for m in config.methods if m not in skipped]
-    seeds = [score_maps(ctx, build_maps(ctx, names, stream_key(config.seed, "build", image_id, r)), t, image_id, r)
-             for r in range(config.num_seeds)]
-    rec = {"label": t, "target": t, "competitor": c, "prediction": int(np.argmax(probs)),
-           "p_target": float(probs[t]), "p_competitor": float(probs[c]), "percents": list(config.percents),
-           "fractions": np.linspace(0.0, 1.0, config.curve_steps + 1).tolist(), "skipped": skipped,
-           "seeds": seeds}
-    rec["outputs"] = clf.outputs
-    if sanity:
-        rec["sanity"] = sanity_record(ctx, names, image_id)
+    seeds: list[list[dict]] = [[] for _ in imgs]
+    for r in range(config.num_seeds):
+        keys = [stream_key(config.seed, "build", i, r) for i in image_ids]
+        for n, (ctx, maps) in enumerate(zip(ctxs, build_maps_batch(ctxs, names, keys))):
+            seeds[n].append(score_maps(ctx, maps, ctx.target, image_ids[n], r))
+    out = []
+    for ctx, rec, image_seeds, image_id, check in zip(ctxs, recs, seeds, image_ids, sanity):
+        rec = {**rec, "skipped": skipped, "seeds": image_seeds, "outputs": clf.outputs,
+               "passes": image_passes(names, config, ctx.image.shape,
+                                      {n: [seed[n]["score_passes"] for seed in image_seeds] for n in names})}
+        if check:
+            rec["sanity"] = sanity_record(ctx, names, image_id)
+        out.append(rec)
     clf.raise_host_error()   # never store scores a failing black box turned into NaN
-    return rec
+    return out
+
+
+def _one_image(image: Any, image_id: str) -> jnp.ndarray:
+    img = jnp.asarray(image, jnp.float32)
+    if img.ndim != 3:
+        raise ValueError(f"image {image_id!r}: expected one preprocessed image [H, W, C], got shape {img.shape}")
+    return img
+
+
+def _image_context(clf: Classifier, img: jnp.ndarray, label: int, config: EvalConfig, sampler: Sampler,
+                   chunk_size: int | None, batch_size: int, mesh: Any) -> tuple[BuildContext, dict]:
+    """One image's build context (t = label, c = the most probable other class) and its record's head."""
+    probs = np.asarray(image_probs(clf, img))
+    clf.raise_host_error()   # a black box's own error, not the NaN its callback returned
+    k = probs.shape[0]
+    if not 0 <= label < k:
+        raise ValueError(f"label: {label} is outside the classifier's classes [0, {k})")
+    others = np.where(np.arange(k) == label, -np.inf, probs)
+    c = int(rank_classes(others)[0])
+    rec = {"label": label, "target": label, "competitor": c, "prediction": int(np.argmax(probs)),
+           "p_target": float(probs[label]), "p_competitor": float(probs[c]), "percents": list(config.percents),
+           "fractions": np.linspace(0.0, 1.0, config.curve_steps + 1).tolist()}
+    return BuildContext(clf, img, label, c, config, sampler, chunk_size, batch_size, mesh), rec
 
 
 def sanity_record(ctx: BuildContext, names: Sequence[str], image_id: str) -> dict[str, dict[str, dict[str, float]]]:
@@ -345,7 +409,7 @@ def _random_logit_class(ctx: BuildContext, key: jax.Array) -> int | None:
 def run(out_dir: str | Path, dataset: Iterable[Any], classifier: Any, config: EvalConfig, sampler: Sampler, *,
         preprocess: Callable[[np.ndarray], Any] | None = None, process_index: int = 0,
         process_count: int = 1, chunk_size: int | None = None, batch_size: int = 64, mesh: Any = None,
-        progress: bool = True, summarize: bool = True) -> list[str]:
+        batch_images: int = 8, progress: bool = True, summarize: bool = True) -> list[str]:
     """Evaluate every image of ``dataset`` (this process's share), resuming where a run stopped.
 
     Args:
@@ -358,11 +422,15 @@ def run(out_dir: str | Path, dataset: Iterable[Any], classifier: Any, config: Ev
         process_index``; results are identical for any split.
       mesh: devices for each image's PDA and occlusion windows (see :func:`undesirable_jax.explain`);
         it changes where the work runs, not the results.
+      batch_images: unfinished images evaluated together (:func:`evaluate_images`), fewer where PDA's
+        accumulators would pass :data:`BATCH_BYTES` (:func:`images_per_batch`); changes the speed, not
+        the results. A crash loses at most the batch in progress.
       summarize: with one process, run :func:`merge` at the end (with several, call it once all finished).
 
     Returns the ids of the whole data set, in order (for :func:`merge`).
     """
     _check_run_args(config, process_index, process_count)
+    checks.positive_int("batch_images", batch_images, maximum=None)
     clf = as_classifier(classifier)
     out_dir = Path(out_dir)
     record = config_record(config, clf, sampler)
@@ -370,38 +438,106 @@ def run(out_dir: str | Path, dataset: Iterable[Any], classifier: Any, config: Ev
     check_config(out_dir, record)
     digest = io.json_digest(record)
 
-    known = _known_ids(dataset)
+    known, total = _known_ids(dataset), (len(dataset) if hasattr(dataset, "__len__") else None)
     chosen = _sanity_choice(dataset, known, config)
-    total = len(dataset) if hasattr(dataset, "__len__") else None
     share = None if total is None else len(range(process_index, total, process_count))
     bar = tqdm(total=share, unit="img", desc=f"evaluate[{process_index}/{process_count}]", disable=not progress)
+    writer = _Writer(out_dir, digest, chosen, bar, lambda *a, **k: evaluate_images(
+        classifier, *a, **k, chunk_size=chunk_size, batch_size=batch_size, mesh=mesh))
+    pending = _Pending(lambda batch: writer.finish(batch, config, sampler),
+                       lambda shape: images_per_batch(batch_images, config, shape, clf))
 
     def work(index: int, image_id: str, example: Callable[[], Any]) -> None:
-        path = result_path(out_dir, image_id)
-        if not path.exists():
-            ex = example()
-            if ex.id != image_id:
-                raise ValueError(f"dataset: example {index} has id {ex.id!r} but dataset.ids says {image_id!r}")
-            try:
-                image = ex.image if preprocess is None else preprocess(ex.image)
-            except ValueError as e:   # e.g. an extreme aspect ratio: say which image of the set
-                raise ValueError(f"dataset image {image_id!r} (index {index}): {e}") from e
-            rec = evaluate_image(classifier, image, int(ex.label), config, sampler, image_id, chunk_size=chunk_size,
-                                 batch_size=batch_size, mesh=mesh, sanity=image_id in chosen)
-            cluster, group = _cluster_group(ex)
-            io.write_json(path, {"id": image_id, "index": index, "cluster": cluster, "group": group,
-                                 "config_sha256": digest, **rec})
-        bar.update(1)
+        if result_path(out_dir, image_id).exists():
+            bar.update(1)
+            return
+        pending.add(index, *_load(index, image_id, example, preprocess))
 
     with rundir.RunLock(out_dir, process_index, process_count):   # one process per share of the work
         rundir.set_aside(out_dir, record, lambda i: result_path(out_dir, i))   # bad results: moved, redone
         try:
             ids = _walk_share(dataset, known, process_index, process_count, work)
+            pending.flush()
+        except Exception:
+            pending.flush()   # a failing example (or its preprocessing): the images loaded before it finish first
+            raise
         finally:
             bar.close()
     if summarize and process_count == 1:
         merge(out_dir, ids)
     return ids
+
+
+def _load(index: int, image_id: str, example: Callable[[], Any],
+          preprocess: Callable[[np.ndarray], Any] | None) -> tuple[Any, np.ndarray]:
+    """The example at ``index`` and its model input, errors naming the image."""
+    ex = example()
+    if ex.id != image_id:
+        raise ValueError(f"dataset: example {index} has id {ex.id!r} but dataset.ids says {image_id!r}")
+    try:
+        return ex, np.asarray(ex.image if preprocess is None else preprocess(ex.image), np.float32)
+    except ValueError as e:   # e.g. an extreme aspect ratio: say which image of the set
+        raise ValueError(f"dataset image {image_id!r} (index {index}): {e}") from e
+
+
+@dataclasses.dataclass(frozen=True)
+class _Writer:
+    """Evaluates a batch of loaded images (``evaluate(images, labels, config, sampler, ids, sanity=)``) and
+    writes one result file each, atomically."""
+
+    out_dir: Path
+    digest: str
+    chosen: frozenset[str]
+    bar: Any
+    evaluate: Callable[..., list[dict]]
+
+    def finish(self, batch: list[tuple[int, Any, np.ndarray]], config: EvalConfig, sampler: Sampler) -> None:
+        recs = self.evaluate([img for _, _, img in batch], [int(ex.label) for _, ex, _ in batch], config, sampler,
+                             [ex.id for _, ex, _ in batch], sanity=[ex.id in self.chosen for _, ex, _ in batch])
+        for (index, ex, _), rec in zip(batch, recs):
+            cluster, group = _cluster_group(ex)
+            io.write_json(result_path(self.out_dir, ex.id), {"id": ex.id, "index": index, "cluster": cluster,
+                                                              "group": group, "config_sha256": self.digest, **rec})
+        self.bar.update(len(batch))
+
+
+class _Pending:
+    """Loaded, unfinished images of one shape, handed to ``finish`` together once ``limit(shape)`` are waiting
+    (or an image of another shape arrives, or :meth:`flush` is called)."""
+
+    def __init__(self, finish: Callable[[list], None], limit: Callable[[tuple[int, ...]], int]):
+        self.finish, self.limit, self.items = finish, limit, []
+        self.limits: dict[tuple[int, ...], int] = {}
+
+    def add(self, index: int, example: Any, image: np.ndarray) -> None:
+        if image.shape not in self.limits:
+            self.limits[image.shape] = self.limit(image.shape)
+        if self.items and (image.shape != self.items[0][2].shape or len(self.items) >= self.limits[image.shape]):
+            self.flush()
+        self.items.append((index, example, image))
+
+    def flush(self) -> None:
+        """Finish the waiting images (taken first: a failing batch is not retried by a later flush)."""
+        batch, self.items = self.items, []
+        if batch:
+            self.finish(batch)
+
+
+BATCH_BYTES = 1 << 30
+"""The most bytes a batch of images may hold in PDA's two all-class window accumulators (``[N · windows,
+K]`` float32 each), which bounds ``batch_images``."""
+
+
+def images_per_batch(batch_images: int, config: EvalConfig, shape: tuple[int, ...], classifier: Any) -> int:
+    """``batch_images``, lowered so that the batch's PDA accumulators fit :data:`BATCH_BYTES` (at least 1).
+
+    K, the classifier's class count, comes from its output shape for ``shape`` (``jax.eval_shape``:
+    nothing runs).
+    """
+    windows = WindowGrid(int(shape[0]), int(shape[1]), config.window, config.stride).num_windows
+    k = int(jax.eval_shape(raw_output, as_classifier(classifier),
+                           jax.ShapeDtypeStruct(tuple(shape), jnp.float32)).shape[0])
+    return max(1, min(int(batch_images), BATCH_BYTES // (2 * 4 * windows * k)))
 
 
 def _walk_share(dataset: Any, known: list[str] | None, process_index: int, process_count: int,

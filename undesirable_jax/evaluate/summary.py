@@ -34,6 +34,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .. import io
+from .passes import passes_markdown
 
 COMPETITOR_FLOOR = 0.01
 """Suppression is reported on the images whose competitor has p(c) ≥ this (elsewhere it cannot matter)."""
@@ -249,7 +250,8 @@ def _split_table(index: dict, metric: str, methods: Sequence[str], percents: Seq
 def to_markdown(rows: Sequence[dict], config: dict, results: Sequence[dict], skipped: dict[str, str] | None = None,
                 controls: Sequence[dict] = (), family: Sequence[str] = ()) -> str:
     """``summary.md``: U_t own support, the full signed order, correction/suppression, per-method
-    metrics, margins over the best control, the splits, and the Holm family."""
+    metrics, classifier passes per image by method, margins over the best control, the splits, and the
+    Holm family."""
     percents, methods = config["percents"], config["methods"]
     out = _header(config, results) + [f"*{reason}.*\n" for reason in (skipped or {}).values()]
     index = {(r["metric"], r["method"], r["q"], r["split"]): r for r in rows}
@@ -269,7 +271,7 @@ def to_markdown(rows: Sequence[dict], config: dict, results: Sequence[dict], ski
         if all((k, m, "", "") in index for k, _ in PER_METHOD):
             out.append(f"| {m} | {_n(index[('positive', m, '', '')])} | "
                        + " | ".join(_cell(index[(k, m, "", "")]) for k, _ in PER_METHOD) + " |")
-    out += [""] + control_markdown(controls) + family_markdown(family)
+    out += [""] + passes_markdown(list(results), list(methods)) + control_markdown(controls) + family_markdown(family)
     out += ["## Splits", ""]
     split_names = list(dict.fromkeys(r["split"] for r in rows if r["split"]))
     for kind in ("group", "class", "p(t)", "correct/misclassified"):
