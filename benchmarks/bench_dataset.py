@@ -1,4 +1,4 @@
-"""A data set through ``explain``: images/hour and the overhead ratio, and packing many images per step.
+"""A data set through ``explain`` and ``evaluate``: images/hour and the overhead ratio, and packing many images per step.
 
 (1) Overhead. For a grid of windows on ``--images`` images (``--model``: EfficientNet-Lite0 with its
 shipped weights by default, or a random-weight ResNet; ``--dtype``; at ``--size``², the offline sample photographs resized, constant 0 fill, S = 1, all 1000 classes):
@@ -12,7 +12,15 @@ Overhead ratio = seconds per image ÷ (its passes, the untouched image included,
 nothing but the classifier's own work. Rows: window 16 / stride 8 at ``--size`` and a stride-1 grid at
 ``--stride1-size`` (``--stride1-window``), the latter assembling 1000-class stride-1 maps.
 
-(2) Packing. ``digits_cnn`` (8×8 digits, sklearn test split), window 2, stride 2, S = 1: 16 passes an
+(2) Evaluate. :func:`undesirable_jax.evaluate.run` with the issue's evaluation (PDA window 16, stride 8,
+S = 4; occlusion; RISE; gradient × (x − r); ROAD scoring, 2 orders × 10 q × 4 draws; one seed) over
+``--eval-images`` photographs at ``--size``², one image a step and ``--eval-batch`` a step, each run
+twice over the same images with the second run timed (steady state). Overhead ratio = seconds per image
+÷ (its forward passes, as :mod:`undesirable_jax.evaluate.passes` counts them and the results record
+them, + 2 × its backward passes) at the raw rate. ``--before DIR`` also times an older checkout (one
+image a step) in a child process, for a before/after in one run.
+
+(3) Packing. ``digits_cnn`` (8×8 digits, sklearn test split), window 2, stride 2, S = 1: 16 passes an
 image. Images/s of ``explain_batch`` over ``--digits`` images against one ``explain`` call per image
 (target ≥ 3×), and the batched result checked against the per-image one (|Δp| ≤ 1e-6).
 
@@ -22,6 +30,8 @@ rows (224², ResNet-50 bf16 and EfficientNet-Lite0, 200 images) are in ``gpu_all
 ``dataset``). ``--smoke``: tiny sizes, no HISTORY.md entry.
 
     python benchmarks/bench_dataset.py              # CPU, appends to HISTORY.md
+    git worktree add /tmp/uj-before a0ea702 && python benchmarks/bench_dataset.py --parts evaluate \
+        --before /tmp/uj-before                     # evaluate before and after issue 22's batching
     python benchmarks/bench_dataset.py --smoke
 """
 
@@ -97,6 +107,86 @@ def overhead_row(clf: Any, images: np.ndarray, *, window: int, stride: int, batc
             f"{3600 / per_batch:,.0f}", "met" if per_batch / ideal <= OVERHEAD_TARGET else "MISSED"]
 
 
+EVAL_TARGET = 1.5
+EVAL_PERCENTS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 70.0, 90.0)
+
+
+def eval_config(window: int, stride: int) -> Any:
+    """The issue's evaluation: PDA (S = 4), occlusion, RISE, gradient × (x − r); ROAD, 2 orders × 10 q × 4 draws."""
+    from undesirable_jax import evaluate as ev
+
+    return ev.EvalConfig(model="bench", window=window, stride=stride, num_samples=4, num_seeds=1,
+                         methods=("pda", "occlusion", "rise", "gradient_ref"), percents=EVAL_PERCENTS,
+                         curve_steps=10, scoring_draws=4, perturbation="road")
+
+
+def time_evaluate(clf: Any, images: np.ndarray, *, window: int, stride: int, batch: int, out: Path) -> float:
+    """Seconds per image of :func:`undesirable_jax.evaluate.run` over ``images`` with ``batch`` images a step,
+    timed on a second run over the same images into a fresh folder (the first compiles every path the
+    images take: steady state). Uses only what the package had before issue 22's batching when ``batch``
+    is 1, so ``--before`` can time an older checkout."""
+    from undesirable_jax import evaluate as ev
+    from undesirable_jax.data import Example
+
+    config = eval_config(window, stride)
+    labels = np.asarray(jax.jit(lambda c, x: c.probs(x))(clf, images)).argmax(-1)
+    examples = [Example(id=f"p{i}", image=im, label=int(lab)) for i, (im, lab) in enumerate(zip(images, labels))]
+    kw = dict(sampler=uj.samplers.constant(0.0), progress=False, summarize=False,
+              **({} if batch == 1 else {"batch_images": batch}))
+    ev.run(out / f"warm{batch}", examples, clf, config, **kw)
+    t0 = time.perf_counter()
+    ev.run(out / f"timed{batch}", examples, clf, config, **kw)
+    return (time.perf_counter() - t0) / len(examples)
+
+
+def evaluate_passes(shape: tuple[int, ...], window: int, stride: int) -> tuple[float, float]:
+    """Forward and backward passes an image of :func:`eval_config` (:mod:`undesirable_jax.evaluate.passes`)."""
+    from undesirable_jax.evaluate import passes
+
+    config = eval_config(window, stride)
+    own = {"pda": config.scoring_draws, "occlusion": 1, "rise": config.scoring_draws}
+    fwd = bwd = 0
+    for m in config.methods:
+        f, b = passes.build_passes(m, config, shape)
+        fwd += f + passes.score_passes(config, 3 if m == "pda" else 2, own.get(m))
+        bwd += b
+    return float(fwd * config.num_seeds + 2 + config.num_seeds), float(bwd * config.num_seeds)
+
+
+def evaluate_row(label: str, per_image: float, timed: int, batch: int, shape: tuple[int, ...], rate: float,
+                 window: int, stride: int, recorded: float | None) -> list[Any]:
+    """One row: seconds per image ÷ its passes at the raw rate (a backward pass counted as two forward)."""
+    fwd, bwd = evaluate_passes(shape, window, stride)
+    if recorded is not None and recorded != fwd:
+        raise SystemExit(f"passes: the run recorded {recorded} forward passes an image, the rule says {fwd}")
+    ratio = per_image / ((fwd + 2 * bwd) / rate)
+    return [label, f"{shape[0]}², window {window}, stride {stride}", timed, batch, f"{fwd:,.0f}", f"{bwd:,.0f}",
+            f"{rate:,.0f}", f"{per_image:.1f}", f"{ratio:.3f}", f"{3600 / per_image:,.0f}",
+            "met" if ratio <= EVAL_TARGET else "MISSED"]
+
+
+def recorded_passes(out: Path, batch: int) -> float:
+    """Mean forward passes an image that the timed run's result files recorded."""
+    import json
+
+    recs = [json.loads(p.read_text()) for p in sorted((out / f"timed{batch}" / "results").glob("*.json"))]
+    return float(np.mean([sum(v["build"] + v["score"] for v in r["passes"].values()) for r in recs]))
+
+
+def before_time(before: str, args: Any, out: Path) -> float:
+    """:func:`time_evaluate` with one image a step, run by a child process on the package at ``before``."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(Path(before).resolve())}
+    cmd = [sys.executable, __file__, "--child-evaluate", str(out), "--size", str(args.size), "--model", args.model,
+           "--dtype", args.dtype, "--eval-images", str(args.eval_images)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"--before {before}: the child run failed:\n{done.stderr[-3000:]}")
+    return float(done.stdout.strip().splitlines()[-1])
+
+
 def packing_row(n: int, batch: int) -> list[Any]:
     """digits_cnn, window 2, stride 2: images/s with ``batch`` images per call vs one call per image."""
     model = uj.models.load("digits_cnn")
@@ -116,6 +206,42 @@ def packing_row(n: int, batch: int) -> list[Any]:
             f"{speed:.1f}", f"{err:.1e}", "met" if speed >= PACKING_TARGET and err <= 1e-6 else "MISSED"]
 
 
+def evaluate_part(args: Any, notes: str) -> None:
+    """The evaluate rows: one image a step, ``--eval-batch`` a step, and (``--before``) an older checkout."""
+    import tempfile
+
+    clf, desc, _ = load_model(args.model, args.size, 3, 1000, jax.random.key(4), args.dtype)
+    shape = (args.size, args.size, 3)
+    rate = max(raw_rate(clf, shape, c) for c in (64, 256))   # the scoring's batch and the engine's chunk
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.before:
+            t = before_time(args.before, args, Path(tmp) / "before")
+            rows.append(evaluate_row(f"before ({args.before})", t, args.eval_images, 1, shape, rate, 16, 8, None))
+        for batch in (1, args.eval_batch):
+            t = time_evaluate(clf, photos(args.size, args.eval_images), window=16, stride=8, batch=batch,
+                              out=Path(tmp))
+            rows.append(evaluate_row("now", t, args.eval_images, batch, shape, rate, 16, 8,
+                                     recorded_passes(Path(tmp), batch)))
+    headers = ["code", f"{desc.split(' (')[0]} {args.dtype} grid", "images timed", "images a step",
+               "forward passes an image", "backward passes", "raw img/s", "s/image", "overhead", "images/hour",
+               f"≤ {EVAL_TARGET}"]
+    report("bench_dataset: a data set through evaluate, overhead ratio = s/image ÷ (passes at the raw rate)",
+           table(headers, rows), append=not args.no_append,
+           notes=notes.replace("Constant 0 fill, S = 1, all 1000 classes", "PDA S = 4 (constant 0 fill), "
+                               "occlusion, RISE 500 masks, gradient × (x − r); ROAD 2 orders × 10 q × 4 draws, "
+                               "curve 11 steps, one seed; raw rate: best of batches 64 and 256; a backward pass "
+                               "counted as two forward").replace("steady state (first batch not timed)",
+                                                                  "steady state: a second run over the same images, timed"))
+
+
+def child_evaluate(args: Any) -> None:
+    """``--child-evaluate OUT``: print :func:`time_evaluate`'s seconds per image (one image a step)."""
+    clf, _, _ = load_model(args.model, args.size, 3, 1000, jax.random.key(4), args.dtype)
+    print(time_evaluate(clf, photos(args.size, args.eval_images), window=16, stride=8, batch=1,
+                        out=Path(args.child_evaluate)))
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=112, help="EfficientNet-Lite0 input side of the window-16 row")
@@ -129,13 +255,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stride1-images", type=int, default=2, help="images of the stride-1 row (batches of 1)")
     p.add_argument("--digits", type=int, default=256, help="digits of the packing row")
     p.add_argument("--digits-batch", type=int, default=128, help="digits per explain_batch call")
-    p.add_argument("--parts", nargs="+", default=["overhead", "packing"], help="overhead and/or packing")
+    p.add_argument("--eval-images", type=int, default=8,
+                   help="images of the evaluate rows (run twice: the second run is timed); a multiple of --eval-batch")
+    p.add_argument("--before", default=None,
+                   help="a checkout of the package before issue 22 (e.g. `git worktree add /tmp/uj-before a0ea702`): "
+                        "its evaluate is timed too, in a child process, in the same run")
+    p.add_argument("--child-evaluate", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--eval-batch", type=int, default=4, help="images a step in the evaluate row's batched run")
+    p.add_argument("--parts", nargs="+", default=["overhead", "evaluate", "packing"],
+                   help="overhead, evaluate and/or packing")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, no HISTORY.md entry")
     p.add_argument("--no-append", action="store_true", help="print only")
     args = p.parse_args(argv)
+    if args.child_evaluate:
+        return child_evaluate(args)
     if args.smoke:
         args.size, args.images, args.batch_images, args.stride1_size = 32, 4, 2, 24
         args.digits, args.digits_batch, args.no_append = 16, 8, True
+        args.eval_images, args.eval_batch = 2, 2
+    if "evaluate" in args.parts and args.eval_images % args.eval_batch:
+        raise SystemExit("--eval-images: must be a multiple of --eval-batch (every step the same shape)")
     notes = (f"{jax.devices()[0].device_kind} ({jax.default_backend()}), {load_note()} at the end. Constant 0 fill, "
              f"S = 1, all 1000 classes; steady state (first batch not timed).")
     if "overhead" in args.parts:
@@ -150,6 +289,8 @@ def main(argv: list[str] | None = None) -> None:
                    "images/hour (batch)", f"≤ {OVERHEAD_TARGET}"]
         report("bench_dataset: a data set through explain, overhead ratio = s/image ÷ (passes at the raw rate)",
                table(headers, rows), append=not args.no_append, notes=notes)
+    if "evaluate" in args.parts:
+        evaluate_part(args, notes)
     if "packing" in args.parts:
         headers = ["model, grid", "images", "images a call", "img/s one call each", "img/s explain_batch",
                    "speed-up", "max |Δp| batch vs one", f"≥ {PACKING_TARGET}×"]
