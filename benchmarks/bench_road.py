@@ -5,9 +5,12 @@ time for one mask, and the warm time per mask when ``--batch`` masks of one imag
 call, vmapped or through ``jax.lax.map`` (the evaluation imputes many masks per image). Mask kinds:
 ``random`` (each pixel removed with probability 0.5: many small regions, fast CG) and ``disc`` (a
 centred disc of 30 % of the pixels: one large region, the slow case for CG, whose steps grow with the
-region's diameter).
+region's diameter), and ``ranking`` (the scoring's step: the top q % of one smooth map, q spread over
+1–90 % across the batch, so the masks' CG steps differ widely: vmap iterates all of them in lockstep
+until the slowest converges, ``lax.map`` each only as long as it needs).
 
     .venv/bin/python benchmarks/bench_road.py                       # sides 8, 28, 112, 224
+    .venv/bin/python benchmarks/bench_road.py --sides 112 224 --kinds disc ranking
     .venv/bin/python benchmarks/bench_road.py --sides 8 28 --no-append
 """
 
@@ -30,6 +33,13 @@ def masks(kind: str, side: int, batch: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     if kind == "random":
         return rng.random((batch, side, side)) < 0.5
+    if kind == "ranking":   # the scoring's step: one smooth map's top q %, q spread over 1–90 %
+        smooth = jax.image.resize(jnp.asarray(rng.normal(size=(7, 7)), jnp.float32), (side, side), "linear")
+        order = np.argsort(-np.asarray(smooth).ravel(), kind="stable")
+        out = np.zeros((batch, side * side), bool)
+        for b, q in enumerate(np.linspace(0.01, 0.9, batch)):
+            out[b, order[:int(round(q * side * side))]] = True
+        return out.reshape(batch, side, side)
     yy, xx = np.mgrid[:side, :side]
     r = side * np.sqrt(0.3 / np.pi)
     c = side / 2 + rng.uniform(-0.1, 0.1, (batch, 2)) * side
@@ -56,7 +66,7 @@ def row(side: int, kind: str, batch: int, repeats: int) -> list:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sides", type=int, nargs="+", default=[8, 28, 112, 224])
-    ap.add_argument("--kinds", nargs="+", default=["random", "disc"], choices=["random", "disc"])
+    ap.add_argument("--kinds", nargs="+", default=["random", "disc", "ranking"], choices=["random", "disc", "ranking"])
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-append", action="store_true")
@@ -64,7 +74,7 @@ def main() -> None:
     rows = [row(s, k, args.batch, args.repeats) for s in args.sides for k in args.kinds]
     body = table(["image", "mask", "removed", "first call s (compile)", "warm ms / mask",
                   "batch", "vmap ms / mask", "lax.map ms / mask"], rows)
-    notes = (f"noise 0.01, CG tol 1e-6 (relative residual), Jacobi preconditioner; warm = best of "
+    notes = (f"noise 0.01, CG tol 1e-6 (relative residual), Jacobi preconditioner, push-pull start; warm = best of "
              f"{args.repeats}; {load_note()} at the end.")
     report("bench_road: ROAD noisy linear imputation on CPU", body, append=not args.no_append, notes=notes)
 

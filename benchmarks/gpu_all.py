@@ -26,7 +26,8 @@ is interrupted at twice its plan (at the next Python statement; a compile in pro
 11. ``black_box``: ``bench_black_box.py`` on the same card (NumPy and PyTorch classifiers through the
     engine against their own batched rate; ResNet-18 through ``from_torch`` against Captum Occlusion).
 12. ``dataset``: ``bench_dataset.py`` on the same card (issue 22): 200 images at 224² through
-    ``explain_batch``, ResNet-50 bf16 and EfficientNet-Lite0; images/hour and the overhead ratio.
+    ``explain_batch``, ResNet-50 bf16 and EfficientNet-Lite0; images/hour and the overhead ratio; and
+    ResNet-50's evaluation of 64 images (one and 8 a step).
 
 Then a summary against the targets: engine ≥ 0.9× raw with every sampler; stride-1 PDA of a 224² image
 ≤ 30 s on an H100 (≤ 20 s on an H200); ≥ 5× Captum Occlusion's pass rate; ≥ 3× the plain loop;
@@ -599,13 +600,14 @@ def part_black_box(run: Run) -> tuple[list, list, str]:
 def part_dataset(run: Run) -> tuple[list, list, str]:
     """``bench_dataset`` (issue 22) in fresh processes: 200 images at 224² through ``explain_batch``, window 16
     stride 8 and a stride-1 row (window 10), ResNet-50 bf16 then EfficientNet-Lite0 fp32; images/hour
-    and the overhead ratio (target ≤ 1.15), plus the digits packing row. Extrapolate to 1,000 images by s/image."""
+    and the overhead ratio (target ≤ 1.15), the evaluate rows for ResNet-50 (issue 22's evaluation, 64 images,
+    one and 8 a step; target ≤ 1.3), plus the digits packing row. Extrapolate to 1,000 images by s/image."""
     if run.smoke:
         cases = [["--smoke"]]
     else:
         common = ["--size", "224", "--images", "200", "--batch-images", "8", "--stride1-size", "224",
                   "--stride1-window", "10", "--stride1-images", "2", "--no-append"]
-        cases = [["--model", "resnet50", "--dtype", "bfloat16", *common],
+        cases = [["--model", "resnet50", "--dtype", "bfloat16", "--eval-images", "64", "--eval-batch", "8", *common],
                  ["--model", "efficientnet_lite0", "--parts", "overhead", *common]]
     rows, outs = [], []
     for argv in cases:

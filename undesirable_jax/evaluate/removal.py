@@ -179,8 +179,9 @@ def perturbed_probs(classifier: Classifier, image: jnp.ndarray, places: jnp.ndar
 
     ``in_turn``: a step's fills are computed one removal after another (``lax.map``) rather than
     vectorised (``vmap``, where ROAD's CG iterates in lockstep until the slowest removal converges).
-    None: in turn on CPU, vectorised on accelerators, as measured best (``benchmarks/bench_road.py``:
-    on CPU at 112², smooth rankings, in turn is about 2× faster). The results do not depend on it.
+    None: in turn on CPU, vectorised on accelerators (``benchmarks/bench_road.py``, mask kind
+    ``ranking``: per mask, ``lax.map`` against ``vmap`` on CPU; not yet measured on a GPU, where the
+    lockstep iterations run in parallel). The results do not depend on it.
     """
     if in_turn is None:
         in_turn = jax.default_backend() == "cpu"
