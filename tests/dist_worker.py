@@ -50,8 +50,9 @@ def main() -> None:
             return counted(i)
 
         subset = _Wrapped(subset, counting)
+    batch_images = int(os.environ.get("UJ_TEST_BATCH_IMAGES", "8"))   # images evaluated together (runner default)
     paths = run_distributed(out, subset, model.classifier, config, samplers.constant(0.0),
-                            preprocess=prep, progress=False)
+                            preprocess=prep, progress=False, batch_images=batch_images)
     print("MERGED" if paths else "DONE", flush=True)
 
 

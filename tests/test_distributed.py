@@ -117,7 +117,9 @@ def test_mismatched_configuration_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_dead_process_keeps_finished_results_and_resume_completes(tmp_path):
-    runs = launch(tmp_path, [0, 0], env_extra={"UJ_TEST_DIE_AFTER": "1"})
+    # One image a step, so process 1 finishes its first image before it dies loading the second (with
+    # several a step, a crash loses the batch in progress, unfinished by definition).
+    runs = launch(tmp_path, [0, 0], env_extra={"UJ_TEST_DIE_AFTER": "1", "UJ_TEST_BATCH_IMAGES": "1"})
     assert runs[1][0] == 3                      # the injected crash after one image
     assert runs[0][0] != 0                      # the survivor does not pretend the run is complete
     done = results(tmp_path)
