@@ -502,19 +502,22 @@ class _Writer:
 
 
 class _Pending:
-    """Loaded, unfinished images of one shape, handed to ``finish`` together once ``limit(shape)`` are waiting
-    (or an image of another shape arrives, or :meth:`flush` is called)."""
+    """Loaded, unfinished images of one shape, handed to ``finish`` together as soon as ``limit(shape)`` are
+    waiting (or an image of another shape arrives, or :meth:`flush` is called)."""
 
     def __init__(self, finish: Callable[[list], None], limit: Callable[[tuple[int, ...]], int]):
         self.finish, self.limit, self.items = finish, limit, []
         self.limits: dict[tuple[int, ...], int] = {}
 
     def add(self, index: int, example: Any, image: np.ndarray) -> None:
+        """Queue an image; a full batch is finished at once (not when the next image is loaded)."""
         if image.shape not in self.limits:
             self.limits[image.shape] = self.limit(image.shape)
-        if self.items and (image.shape != self.items[0][2].shape or len(self.items) >= self.limits[image.shape]):
+        if self.items and image.shape != self.items[0][2].shape:
             self.flush()
         self.items.append((index, example, image))
+        if len(self.items) >= self.limits[image.shape]:
+            self.flush()
 
     def flush(self) -> None:
         """Finish the waiting images (taken first: a failing batch is not retried by a later flush)."""
