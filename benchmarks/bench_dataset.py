@@ -139,38 +139,24 @@ def time_evaluate(clf: Any, images: np.ndarray, *, window: int, stride: int, bat
     return (time.perf_counter() - t0) / len(examples)
 
 
-def evaluate_passes(shape: tuple[int, ...], window: int, stride: int) -> tuple[float, float]:
-    """Forward and backward passes an image of :func:`eval_config` (:mod:`undesirable_jax.evaluate.passes`)."""
-    from undesirable_jax.evaluate import passes
-
-    config = eval_config(window, stride)
-    own = {"pda": config.scoring_draws, "occlusion": 1, "rise": config.scoring_draws}
-    fwd = bwd = 0
-    for m in config.methods:
-        f, b = passes.build_passes(m, config, shape)
-        fwd += f + passes.score_passes(config, 3 if m == "pda" else 2, own.get(m))
-        bwd += b
-    return float(fwd * config.num_seeds + 2 + config.num_seeds), float(bwd * config.num_seeds)
-
-
 def evaluate_row(label: str, per_image: float, timed: int, batch: int, shape: tuple[int, ...], rate: float,
-                 window: int, stride: int, recorded: float | None) -> list[Any]:
-    """One row: seconds per image ÷ its passes at the raw rate (a backward pass counted as two forward)."""
-    fwd, bwd = evaluate_passes(shape, window, stride)
-    if recorded is not None and recorded != fwd:
-        raise SystemExit(f"passes: the run recorded {recorded} forward passes an image, the rule says {fwd}")
+                 window: int, stride: int, passes: tuple[float, float]) -> list[Any]:
+    """One row: seconds per image ÷ its ``passes`` (forward, backward) at the raw rate (a backward pass
+    counted as two forward)."""
+    fwd, bwd = passes
     ratio = per_image / ((fwd + 2 * bwd) / rate)
     return [label, f"{shape[0]}², window {window}, stride {stride}", timed, batch, f"{fwd:,.0f}", f"{bwd:,.0f}",
             f"{rate:,.0f}", f"{per_image:.1f}", f"{ratio:.3f}", f"{3600 / per_image:,.0f}",
             "met" if ratio <= EVAL_TARGET else "MISSED"]
 
 
-def recorded_passes(out: Path, batch: int) -> float:
-    """Mean forward passes an image that the timed run's result files recorded."""
+def recorded_passes(out: Path, batch: int) -> tuple[float, float]:
+    """Mean forward and backward passes an image that the timed run's result files recorded."""
     import json
 
     recs = [json.loads(p.read_text()) for p in sorted((out / f"timed{batch}" / "results").glob("*.json"))]
-    return float(np.mean([sum(v["build"] + v["score"] for v in r["passes"].values()) for r in recs]))
+    return (float(np.mean([sum(v["build"] + v["score"] for v in r["passes"].values()) for r in recs])),
+            float(np.mean([sum(v["gradient"] for v in r["passes"].values()) for r in recs])))
 
 
 def before_time(before: str, args: Any, out: Path) -> float:
@@ -210,19 +196,23 @@ def evaluate_part(args: Any, notes: str) -> None:
     """The evaluate rows: one image a step, ``--eval-batch`` a step, and (``--before``) an older checkout."""
     import tempfile
 
+    if args.before and not (Path(args.before) / "undesirable_jax" / "__init__.py").is_file():
+        raise SystemExit(f"--before: {args.before!r} holds no undesirable_jax package (a checkout of this "
+                         "repository, e.g. `git worktree add /tmp/uj-before a0ea702`)")
     clf, desc, _ = load_model(args.model, args.size, 3, 1000, jax.random.key(4), args.dtype)
     shape = (args.size, args.size, 3)
     rate = max(raw_rate(clf, shape, c) for c in (64, 256))   # the scoring's batch and the engine's chunk
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        if args.before:
-            t = before_time(args.before, args, Path(tmp) / "before")
-            rows.append(evaluate_row(f"before ({args.before})", t, args.eval_images, 1, shape, rate, 16, 8, None))
         for batch in (1, args.eval_batch):
             t = time_evaluate(clf, photos(args.size, args.eval_images), window=16, stride=8, batch=batch,
                               out=Path(tmp))
-            rows.append(evaluate_row("now", t, args.eval_images, batch, shape, rate, 16, 8,
-                                     recorded_passes(Path(tmp), batch)))
+            passes = recorded_passes(Path(tmp), batch)   # the same settings: the same passes for both rows
+            rows.append(evaluate_row("now", t, args.eval_images, batch, shape, rate, 16, 8, passes))
+        if args.before:   # older code records no passes; same settings and images, so the same passes
+            t = before_time(args.before, args, Path(tmp) / "before")
+            rows.insert(0, evaluate_row(f"before ({args.before})", t, args.eval_images, 1, shape, rate, 16, 8,
+                                        passes))
     headers = ["code", f"{desc.split(' (')[0]} {args.dtype} grid", "images timed", "images a step",
                "forward passes an image", "backward passes", "raw img/s", "s/image", "overhead", "images/hour",
                f"≤ {EVAL_TARGET}"]

@@ -189,9 +189,10 @@ def explain_batch(
     the images' positions in a data set so that a result does not depend on how the set was split into
     batches), or ``key[i]`` when ``key`` holds one key per image (shape ``[N]``; e.g. the evaluation's
     per-image streams; ``indices`` must then be None): its explanation equals ``explain(images[i],
-    key=<that key>)`` (up to float32 summation order) and does not depend on the other images of the batch. One step takes ``chunk_size`` (image, window, sample)
-    triples, so many images with few windows each fill the device's batch (a coarse grid, a small
-    model), and the Python work per step is shared by the whole batch.
+    key=<that key>)`` (up to float32 summation order) and does not depend on the other images of the
+    batch. One step takes ``chunk_size`` (image, window, sample) triples, so many images with few
+    windows each fill the device's batch (a coarse grid, a small model), and the Python work per step
+    is shared by the whole batch.
 
     Memory: one chunk of perturbed images plus the accumulators ``[N · windows, K]`` (two of them)
     and the N stacked explanations; pass ``classes`` to keep only the rows you need (1,000 classes at

@@ -47,7 +47,7 @@ classes t and c); a method missing here (a model-free control) classifies nothin
 
 
 def build_passes(name: str, config: Any, shape: tuple[int, ...]) -> tuple[int, int]:
-    """``(forward, gradient)`` passes of one build of method ``name`` (module docstring)."""
+    """``(forward, backward)`` passes of one build of method ``name`` (module docstring)."""
     rule = BUILD_PASSES.get(name)
     return (0, 0) if rule is None else rule(config, shape)
 
@@ -76,8 +76,8 @@ def image_passes(names: list[str], config: Any, shape: tuple[int, ...],
     """
     out = {}
     for n in names:
-        forward, gradient = build_passes(n, config, shape)
-        out[n] = {"build": forward * config.num_seeds, "gradient": gradient * config.num_seeds,
+        forward, backward = build_passes(n, config, shape)
+        out[n] = {"build": forward * config.num_seeds, "gradient": backward * config.num_seeds,
                   "score": int(sum(score[n]))}
     out["shared"] = {"build": 2, "gradient": 0, "score": config.num_seeds}
     return out

@@ -118,7 +118,6 @@ def pyramid_fill(image: jnp.ndarray, kept: jnp.ndarray) -> jnp.ndarray:
     nothing is kept at all). Its smooth part is close to the harmonic solution, which leaves CG mostly
     high-frequency error to remove: far fewer steps to the same tolerance, the same solution.
     """
-    h, w = kept.shape
     values, weights = [jnp.where(kept[..., None], image, 0.0)], [kept.astype(jnp.float32)[..., None]]
     while values[-1].shape[0] > 1 or values[-1].shape[1] > 1:
         values.append(_sum_pool(values[-1]))
