@@ -233,6 +233,43 @@ def test_errors_on_perturbed_images_only(setup):
     run(clf, image, samplers.constant(0.0))  # the error was raised once; the classifier works again
 
 
+def test_host_boxes_are_called_between_the_jitted_steps(setup, monkeypatch):
+    """A NumPy, ONNX or host-transfer torch box is called by the engine between its jitted steps (the
+    device perturbs chunk k+1 while the host classifies chunk k), never through a callback inside a
+    step; a DLPack torch box stays inside. A box that fails on chunk 2 of 8 ends the run there: the
+    device has perturbed at most one chunk past it, and the function sees no later chunk."""
+    from undesirable_jax import engine
+
+    from undesirable_jax.black_boxes import HostFunction
+
+    p, image, pool, boxes = setup
+    handed, real_call = [], HostFunction.call_shards
+    monkeypatch.setattr(HostFunction, "call_shards", lambda self, b: handed.append(b.shape[0]) or real_call(self, b))
+    for name, box in boxes.items():
+        assert box.fn.outside_jit(), name
+        handed.clear()
+        run(box, image, samplers.marginal(pool), chunk=7)   # 16 windows × 3 samples: 7 chunks of 7
+        assert handed == [7] * 7, (name, handed)
+    dlpack = uj.from_torch(torch_net(p), transfer="dlpack")
+    handed.clear()
+    run(dlpack, image, samplers.marginal(pool), chunk=7)
+    assert not dlpack.fn.outside_jit() and not handed
+
+    perturbed, calls, fn = [], [], numpy_net(p)
+    real_step = engine._perturb_step
+    monkeypatch.setattr(engine, "_perturb_step", lambda *a, **k: perturbed.append(1) or real_step(*a, **k))
+
+    def second_chunk_fails(x):
+        calls.append(x.shape[0])
+        if len(calls) == 3:   # the untouched image, chunk 1, then chunk 2
+            raise RuntimeError("chunk 2 is one too many")
+        return fn(x)
+
+    with pytest.raises(BlackBoxError, match="chunk 2 is one too many"):
+        run(uj.black_box(second_chunk_fails, num_classes=K), image, samplers.marginal(pool), chunk=6)
+    assert calls == [1, 6, 6] and len(perturbed) == 3, (calls, perturbed)   # 48 pairs: 8 chunks of 6
+
+
 @pytest.mark.parametrize("bad, message", [
     (lambda x: np.zeros((x.shape[0], K + 1)), r"returned shape \[1, 6\] for 1 images; expected \[1, 5\]"),
     (lambda x: np.zeros((1, K)) if x.shape[0] > 1 else np.zeros((x.shape[0], K)),

@@ -150,6 +150,50 @@ def test_auto_is_decided_once_per_image_without_a_new_compile():
         explain(uj.black_box(lambda x: np.full((x.shape[0], K), 1.004 / K), num_classes=K))
 
 
+def test_a_batch_decides_outputs_like_each_image_alone():
+    """``decide_batch_outputs`` / ``check_batch_probs`` (vectorised) accept and refuse exactly what
+    :func:`decide_outputs` / :func:`check_probs` row by row do, and name the first image that fails."""
+    from undesirable_jax.classifiers import check_batch_probs, check_probs, decide_batch_outputs, decide_outputs
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, K)) * 3
+    probs = np.asarray(jax.nn.softmax(logits))
+    kinds = {"logits": logits, "probs": probs, "log_probs": np.log(probs), "near_probs": probs * 1.004,
+             "inf": np.where(np.arange(K) == 2, np.inf, logits), "negative": probs - 0.5}
+    for first in ("logits", "probs", "log_probs"):
+        for other, rows in kinds.items():
+            batch = np.concatenate([kinds[first][:2], rows[:3]])
+            for outputs in ("auto", "logits", "probs", "log_probs"):
+                try:   # the slow reference: the one-row rule on every row, decided on the first
+                    want = decide_outputs(batch[0], outputs)
+                    bad = [i for i in range(1, 5) if _refuses(decide_outputs, batch[i], want)]
+                except ValueError:
+                    want, bad = None, []
+                if want is None:
+                    with pytest.raises(ValueError):
+                        decide_batch_outputs(batch, outputs)
+                elif bad:
+                    with pytest.raises(ValueError, match=rf"^images\[{bad[0]}\]: classifier: "):
+                        decide_batch_outputs(batch, outputs)
+                else:
+                    assert decide_batch_outputs(batch, outputs) == want, (first, other, outputs)
+            for outputs in ("logits", "probs"):
+                bad = [i for i in range(5) if _refuses(check_probs, batch[i], outputs)]
+                if bad:
+                    with pytest.raises(ValueError, match=rf"images\[{bad[0]}\]: classifier: |^classifier: "):
+                        check_batch_probs(batch, outputs)
+                else:
+                    assert check_batch_probs(batch, outputs) == K
+
+
+def _refuses(check, *args) -> bool:
+    try:
+        check(*args)
+    except ValueError:
+        return True
+    return False
+
+
 def test_cli_prints_the_decision_and_records_it(tmp_path, capsys):
     from undesirable_jax import cli
 

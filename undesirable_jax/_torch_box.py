@@ -78,14 +78,16 @@ class TorchDevice(HostFunction):
                              'module (device=...) or use transfer="host"')
         return self.transfer == "dlpack"
 
+    def outside_jit(self) -> bool:
+        """DLPack hands JAX's buffers over inside the jitted step (on JAX's stream on a GPU): not outside it."""
+        return not self.dlpack()
+
     def __call__(self, images: jnp.ndarray) -> jnp.ndarray:
         if not self.dlpack():
             return super().__call__(images)
         from jax.experimental.buffer_callback import buffer_callback
 
-        x = jnp.asarray(images).astype(jnp.float32)
-        if self.layout == "NCHW":
-            x = jnp.moveaxis(x, -1, -3)
+        x = self.device_input(images)
         lead, item = x.shape[:-3], x.shape[-3:]
         k = self.classes_for(item)
         x = x.reshape(-1, *item)

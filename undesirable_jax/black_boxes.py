@@ -1,18 +1,20 @@
-"""Black-box classifiers: NumPy, PyTorch and ONNX functions called from inside the jitted engine.
+"""Black-box classifiers: NumPy, PyTorch and ONNX functions called by the jitted engine.
 
-The engine still builds every perturbed batch on the device inside its jitted step; only the
-classifier call leaves JAX, through ``jax.pure_callback``: the host function receives the batch as a
-NumPy array, in pieces of at most ``batch_size`` images, and returns ``[N, K]``. Everything else
-(factors, evaluation, CLI) sees a plain :class:`~undesirable_jax.Classifier` with
-``differentiable=False``.
+The engine builds every perturbed batch on the device in a jitted step; only the classifier call
+leaves JAX. The PDA engine calls the host function between two jitted steps
+(:meth:`HostFunction.call_shards`, while the device already fills the next chunk); everywhere else
+(the evaluation's baselines and scoring, ``Classifier.probs`` under ``jit``) it is called through
+``jax.pure_callback``. Either way the function receives the batch as a NumPy array, in pieces of at
+most ``batch_size`` images, and returns ``[N, K]``. Everything else (factors, evaluation, CLI) sees a
+plain :class:`~undesirable_jax.Classifier` with ``differentiable=False``.
 
 A host function cannot raise inside a compiled step without XLA wrapping the error in its own
-traceback. So the callback catches it (and checks each output for shape, ``K`` and NaN), keeps the
-first error with a message naming the classifier, and returns NaN; the engine raises that error
-after the step (:meth:`~undesirable_jax.Classifier.raise_host_error`). After an error, later calls
-return NaN without running the function again until the error has been raised.
+traceback. So the call catches it (and checks each output for shape, ``K`` and NaN), keeps the
+first error with a message naming the classifier, and returns NaN; the caller raises that error
+after the step or chunk (:meth:`~undesirable_jax.Classifier.raise_host_error`). After an error, later
+calls return NaN without running the function again until the error has been raised.
 
-Calls are serialised (one at a time per classifier, also when ``mesh="local"`` runs one callback per
+Calls are serialised (one at a time per classifier, also when ``mesh="local"`` gives one call per
 device shard), so the host function need not be thread-safe.
 """
 
@@ -81,15 +83,31 @@ class HostFunction:
 
     def __call__(self, images: jnp.ndarray) -> jnp.ndarray:
         """``[..., N, H, W, C] -> [..., N, K]`` float32 through ``jax.pure_callback``."""
-        x = jnp.asarray(images).astype(jnp.float32)
-        if x.ndim < 4:
-            raise ValueError(f"{self.label}: expected images [N, H, W, C], got shape {x.shape}")
-        if self.layout == "NCHW":
-            x = jnp.moveaxis(x, -1, -3)
+        x = self.device_input(images)
         k = self.classes_for(x.shape[-3:])
         out = jax.ShapeDtypeStruct((*x.shape[:-3], k), jnp.float32)
         # broadcast_all: under vmap the callback sees the batched array; host() folds leading axes.
         return jax.pure_callback(self.host, out, x, vmap_method="broadcast_all")
+
+    def device_input(self, images: jnp.ndarray) -> jnp.ndarray:
+        """The batch as ``fn`` takes it (float32, in its layout), made on the device before the hand-over."""
+        x = jnp.asarray(images).astype(jnp.float32)
+        if x.ndim < 4:
+            raise ValueError(f"{self.label}: expected images [N, H, W, C], got shape {x.shape}")
+        return jnp.moveaxis(x, -1, -3) if self.layout == "NCHW" else x
+
+    def outside_jit(self) -> bool:
+        """Whether the engine calls this box between its jitted steps (:meth:`call_shards`) rather than
+        inside them (``pure_callback``): True, except for a torch box that reads JAX's buffers by DLPack."""
+        return True
+
+    def call_shards(self, batch: jax.Array) -> jax.Array:
+        """``fn`` on each of this process's shards of a (sharded) batch from :meth:`device_input`:
+        ``[n, K]`` float32, sharded like ``batch``. An error is kept (NaN returned) as in :meth:`host`."""
+        shards = batch.addressable_shards
+        outs = [jax.device_put(self.host(np.asarray(shard.data)), shard.device) for shard in shards]
+        k = outs[0].shape[-1]
+        return jax.make_array_from_single_device_arrays((batch.shape[0], k), batch.sharding, outs)
 
     @property
     def label(self) -> str:

@@ -55,6 +55,10 @@ class Classifier:
             raise ValueError(
                 f"classifier: must map images [N, H, W, C] to [N, K], got output shape {out.shape} "
                 f"for input {images.shape}")
+        return self.probs_of(out)
+
+    def probs_of(self, out: jnp.ndarray) -> jnp.ndarray:
+        """:meth:`probs` from the classifier's own outputs ``[N, K]`` (e.g. a host black box's, called outside jit)."""
         if self.outputs == "auto":
             raise ValueError("classifier: outputs='auto' is decided from the untouched image's output before the "
                              "work; call undesirable_jax.resolve_outputs(classifier, image) first, or say outputs=")
@@ -93,14 +97,13 @@ def decide_outputs(row: Any, outputs: str = "auto") -> str:
     log-probabilities agrees: their softmax is the probabilities).
     """
     check_outputs(outputs)
-    r = np.asarray(row, np.float64).reshape(-1)
+    r = np.asarray(row, np.float64).reshape(1, -1)
+    looks, prob_gap, log_gap = _output_kinds(r)
+    looks, prob_gap, log_gap = str(looks[0]), float(prob_gap[0]), float(log_gap[0])
     if not np.all(np.isfinite(r)):
         raise ValueError("classifier: returned NaN or inf on the image; check the model and preprocessing")
-    in01 = r.size > 0 and r.min() >= -1e-6 and r.max() <= 1.0 + 1e-6
-    prob_gap = abs(r.sum() - 1.0) if in01 else np.inf
+    r = r[0]
     lse = float(np.logaddexp.reduce(r)) if r.size else np.inf
-    log_gap = abs(lse) if r.size and r.max() <= 1e-6 else np.inf
-    looks = "probs" if prob_gap <= AUTO_TOLERANCE else "log_probs" if log_gap <= AUTO_TOLERANCE else "logits"
     about = (f"min {r.min():.4g}, max {r.max():.4g}, sum {r.sum():.6g}, logsumexp {lse:.4g}" if r.size else "empty")
     if outputs == "auto":
         if looks == "logits" and min(prob_gap, log_gap) <= PROB_SUM_TOLERANCE:
@@ -108,13 +111,50 @@ def decide_outputs(row: Any, outputs: str = "auto") -> str:
                              "low-precision probabilities or log-probabilities; say outputs='probs', 'log_probs' or "
                              "'logits'")
         return looks
-    fits = {"probs": prob_gap <= PROB_SUM_TOLERANCE, "log_probs": log_gap <= PROB_SUM_TOLERANCE,
-            "logits": looks != "probs"}[outputs]
-    if not fits:
+    if not _fits(outputs, np.asarray([looks]), np.asarray([prob_gap]), np.asarray([log_gap]))[0]:
         what = "is not a distribution and " if outputs == "probs" else ""
         raise ValueError(f"classifier: outputs={outputs!r} was given, but its output on the image {what}looks like "
                          f"{looks} ({about}); pass outputs={looks!r} or outputs='auto'")
     return outputs
+
+
+def decide_batch_outputs(rows: Any, outputs: str = "auto") -> str:
+    """:func:`decide_outputs` for the untouched images of a batch ``[N, K]``: decided on the first row,
+    every other row checked against that decision (vectorised; the first row that disagrees is refused
+    with :func:`decide_outputs`'s message, naming the image)."""
+    r = np.asarray(rows, np.float64)
+    decided = decide_outputs(r[0], outputs)
+    looks, prob_gap, log_gap = _output_kinds(r)
+    ok = np.isfinite(r).all(axis=1) & _fits(decided, looks, prob_gap, log_gap)
+    for i in np.flatnonzero(~ok)[:1]:
+        _per_image(int(i), decide_outputs, r[i], decided)
+    return decided
+
+
+def _output_kinds(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of ``rows`` [N, K] (float64): what it looks like ("probs", "log_probs" or "logits"), its
+    distance from summing to 1 (inf unless in [0, 1]) and its logsumexp's distance from 0 (inf unless <= 0):
+    the one rule behind :func:`decide_outputs`."""
+    if rows.shape[-1] == 0:
+        inf = np.full(rows.shape[0], np.inf)
+        return np.full(rows.shape[0], "logits"), inf, inf
+    with np.errstate(invalid="ignore", over="ignore"):
+        in01 = (rows.min(axis=1) >= -1e-6) & (rows.max(axis=1) <= 1.0 + 1e-6)
+        prob_gap = np.where(in01, np.abs(rows.sum(axis=1) - 1.0), np.inf)
+        lse = np.logaddexp.reduce(rows, axis=1)
+        log_gap = np.where(rows.max(axis=1) <= 1e-6, np.abs(lse), np.inf)
+    looks = np.where(prob_gap <= AUTO_TOLERANCE, "probs", np.where(log_gap <= AUTO_TOLERANCE, "log_probs", "logits"))
+    return looks, prob_gap, log_gap
+
+
+def _fits(outputs: str, looks: np.ndarray, prob_gap: np.ndarray, log_gap: np.ndarray) -> np.ndarray:
+    """Whether rows that look like ``looks`` (with their gaps, :func:`_output_kinds`) agree with an explicit
+    ``outputs``."""
+    if outputs == "probs":
+        return prob_gap <= PROB_SUM_TOLERANCE
+    if outputs == "log_probs":
+        return log_gap <= PROB_SUM_TOLERANCE
+    return looks != "probs"
 
 
 def check_outputs(outputs: Any, name: str = "outputs") -> str:
@@ -179,6 +219,28 @@ def check_probs(probs: Any, outputs: str) -> int:
             f"distribution (min {p.min():.3g}, max {p.max():.3g}, sum {p.sum():.4g}); return softmax "
             "probabilities, or logits without undesirable_jax.probabilities(...)")
     return k
+
+
+def check_batch_probs(probs: Any, outputs: str) -> int:
+    """:func:`check_probs` for the untouched images of a batch ``[N, K]`` (vectorised; the first image that
+    fails is refused with :func:`check_probs`'s message, naming it); returns K."""
+    p = np.asarray(probs, np.float64)
+    k = check_probs(p[0], outputs)
+    ok = np.isfinite(p).all(axis=1)
+    if outputs == "probs":
+        ok &= ((p.min(axis=1) >= 0.0) & (p.max(axis=1) <= 1.0 + 1e-6)
+               & (np.abs(p.sum(axis=1) - 1.0) <= PROB_SUM_TOLERANCE))
+    for i in np.flatnonzero(~ok)[:1]:
+        _per_image(int(i), check_probs, p[i], outputs)
+    return k
+
+
+def _per_image(index: int, check: Any, *args: Any) -> Any:
+    """``check(*args)`` for image ``index`` of a batch, its error naming the image."""
+    try:
+        return check(*args)
+    except ValueError as e:
+        raise ValueError(f"images[{index}]: {e}") from e
 
 
 def as_classifier(classifier: Any) -> Classifier:

@@ -4,7 +4,8 @@ Pairs are numbered ``i = w · S + s`` (window ``w`` in row-major grid order, sam
 step takes ``chunk_size`` consecutive pairs, fills their windows on device with the sampler, classifies
 the perturbed images in one batched call and adds the probabilities, and their squared distances
 from the untouched image's probabilities, into two per-window accumulators ``[num_windows, K]``
-(float32). The last chunk is padded (and masked out), so the step compiles once; memory is one chunk
+(float32). A host black box is called between two jitted steps instead, while the device fills the
+next chunk (:meth:`Run._host_steps`). The last chunk is padded (and masked out), so the step compiles once; memory is one chunk
 of images plus the accumulators, whatever the number of windows. Each pair's randomness comes from
 ``fold_in(fold_in(key, w), s)``, so results do not depend on the chunk size or devices.
 
@@ -36,8 +37,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from . import checks
-from .classifiers import (Classifier, as_classifier, check_probs, decide_outputs, output_probs, rank_classes, raw_outputs,
-                          valid_probs)
+from .black_boxes import HostFunction
+from .classifiers import (Classifier, as_classifier, check_batch_probs, decide_batch_outputs, output_probs,
+                          rank_classes, raw_outputs, valid_probs)
 from .evidence import pixel_evidence, weight_of_evidence_se
 from .samplers import Sampler
 from .windows import WindowGrid
@@ -48,7 +50,7 @@ DEFAULT_CHUNK = 256
 CHUNK_BYTES = 2**29
 #: Host black boxes (``Classifier.differentiable`` False): default pairs a step, per device, fill this many
 #: bytes of float32 images (between DEFAULT_CHUNK and HOST_CHUNK_MAX), since every step pays the host
-#: callback's fixed cost (hand-over, conversion to NumPy, the call, the checks) once.
+#: call's fixed cost (hand-over, conversion to NumPy, the call, the checks) once.
 HOST_CHUNK_BYTES = 32 * 2**20
 HOST_CHUNK_MAX = 8192
 
@@ -320,12 +322,47 @@ class Run:
         wins[:windows.size] = windows
         ys, xs = jnp.asarray(self.grid.ys), jnp.asarray(self.grid.xs)
         args = (jnp.asarray(wins), jnp.int32(s_start), jnp.int32(s_count), jnp.int32(total))
+        starts = tqdm(range(0, total, chunk), desc="windows", unit="chunk", disable=not self.progress)
+        host = self.clf.fn if isinstance(self.clf.fn, HostFunction) and self.clf.fn.outside_jit() else None
+        if host is not None:
+            return self._host_steps(host, acc, starts, ys, xs, args, chunk)
         sums, squares, bad = acc
-        for start in tqdm(range(0, total, chunk), desc="windows", unit="chunk", disable=not self.progress):
+        for start in starts:
             sums, squares, bad = _step(self.clf, self.sampler, self.state, self.images, self.keys, ys, xs,
                                        self.rows, self.base, *args, jnp.int32(start), sums, squares, bad,
                                        window=self.grid.window, chunk=chunk, mesh=self.mesh,
                                        batched=self.batched)
+        return sums, squares, bad
+
+    def _host_steps(self, host: HostFunction, acc: tuple, starts: Any, ys: jnp.ndarray, xs: jnp.ndarray,
+                    args: tuple, chunk: int) -> tuple:
+        """:meth:`evaluate` for a host black box: each chunk is perturbed by one jitted step, classified by
+        ``host`` in this thread between steps, and added by a second jitted step; the next chunk's
+        perturbation is dispatched before the host call, so an accelerator fills it meanwhile.
+
+        Called from inside a step (``jax.pure_callback``) the host function ran 20–30 % slower on CPU
+        (``bench_black_box.py``: the NumPy MLP and ONNX boxes) and could not overlap the device's work.
+        On a 2-core CPU the overlap itself gains nothing measurable (both halves share the cores).
+        An error of the host function is raised after its chunk, before any later chunk is classified.
+        """
+        def perturbed(start: int) -> jax.Array:
+            return _perturb_step(self.clf, self.sampler, self.state, self.images, self.keys, ys, xs, *args,
+                                 jnp.int32(start), window=self.grid.window, chunk=chunk, mesh=self.mesh,
+                                 batched=self.batched)
+
+        sums, squares, bad = acc
+        chunks = iter(starts)
+        start = next(chunks, None)
+        batch = None if start is None else perturbed(start)
+        while start is not None:
+            following = next(chunks, None)
+            ahead = None if following is None else perturbed(following)   # dispatched, not awaited
+            outputs = host.call_shards(batch)
+            self.clf.raise_host_error()
+            sums, squares, bad = _add_step(self.clf, outputs, self.rows, self.base, *args, jnp.int32(start), sums,
+                                           squares, bad, num_windows=self.grid.num_windows, chunk=chunk,
+                                           mesh=self.mesh)
+            start, batch = following, ahead
         return sums, squares, bad
 
     def window_stats(self, acc: tuple, counts: np.ndarray, rows: Any = None) -> tuple[jnp.ndarray, jnp.ndarray,
@@ -422,26 +459,14 @@ def prepare_batch(classifier: Any, images: jnp.ndarray, keys: jax.Array, *, wind
     jax.block_until_ready(raw)
     clf.raise_host_error()  # a black box's own error, kept by its host callback, comes first
     host_raw = np.asarray(raw)
-    clf = clf.replace(outputs=decide_outputs(host_raw[0], clf.outputs))   # "auto" decided here, once
-    for i in range(1, host_raw.shape[0]):   # every other image of the batch must agree with that decision
-        _per_image(i, decide_outputs, host_raw[i], clf.outputs)
+    # "auto" decided here, once, on the first image; every other image of the batch must agree with it
+    clf = clf.replace(outputs=decide_batch_outputs(host_raw, clf.outputs))
     base = output_probs(raw, clf.outputs)
-    host_base = np.asarray(base)
-    num_classes = check_probs(host_base[0], clf.outputs)
-    for i in range(1, host_base.shape[0]):
-        _per_image(i, check_probs, host_base[i], clf.outputs)
+    num_classes = check_batch_probs(np.asarray(base), clf.outputs)
     rows = _check_classes(classes, num_classes)
-    state, batched = stack_states([sampler.prepare(img, window) for img in images])
+    state, batched = stack_states([sampler.prepare(img, window) for img in jnp.unstack(images)])  # not N slices
     return Run(clf, sampler, state, batched, images, keys, grid, rows, base[:, rows], num_classes,
                float(laplace_n), _check_mesh(mesh), bool(progress))
-
-
-def _per_image(index: int, check: Any, *args: Any) -> Any:
-    """``check(*args)`` for image ``index`` of a batch, its error naming the image."""
-    try:
-        return check(*args)
-    except ValueError as e:
-        raise ValueError(f"images[{index}]: {e}") from e
 
 
 def stack_states(states: list) -> tuple[Any, tuple[bool, ...]]:
@@ -575,21 +600,68 @@ def _step(clf, sampler, state, images, keys, ys, xs, rows, base, wins, s_start, 
 
     def local(clf, sampler, state, images, keys, ys, xs, rows, base, wins, s_start, s_count, total, start, acc,
               sq, bad):
-        offset = start + _flat_axis_index(mesh) * per_device
-        pairs, valid = pair_indices(offset, per_device, total)
-        g, s = wins[pairs // s_count], s_start + pairs % s_count
+        g, valid, s = _local_pairs(mesh, per_device, wins, s_start, s_count, total, start)
         n, w = g // num_windows, g % num_windows
         batch = perturb_images(sampler, state, batched, images, keys, ys, xs, n, w, s, window=window)
         full = clf.probs(batch)  # padding pairs repeat the last real pair, so every row is checked
-        bad = bad | ~valid_probs(full)
-        probs = jnp.where(valid[:, None], full[:, rows], 0.0)
-        d = jnp.where(valid[:, None], probs - base[n], 0.0)
-        return acc.at[0, g].add(probs), sq.at[0, g].add(d * d), bad
+        return _add_probs(full, valid, g, n, rows, base, acc, sq, bad)
 
     rep, sharded = PartitionSpec(), PartitionSpec(axes)
     return jax.shard_map(local, mesh=mesh, in_specs=(rep,) * 14 + (sharded,) * 3,
                          out_specs=(sharded,) * 3, check_vma=False)(
         clf, sampler, state, images, keys, ys, xs, rows, base, wins, s_start, s_count, total, start, acc, sq, bad)
+
+
+def _local_pairs(mesh: Mesh, per_device: int, wins, s_start, s_count, total, start) -> tuple:
+    """This device's part of a chunk (inside ``shard_map``): batch window ``g``, real or padding, sample ``s``."""
+    offset = start + _flat_axis_index(mesh) * per_device
+    pairs, valid = pair_indices(offset, per_device, total)
+    return wins[pairs // s_count], valid, s_start + pairs % s_count
+
+
+def _add_probs(full, valid, g, n, rows, base, acc, sq, bad) -> tuple:
+    """Add a chunk's probabilities ``full [P, K]`` (kept ``rows``) and their squared distances from image
+    ``n``'s ``base`` into window ``g``'s accumulators; padding pairs add nothing but are checked too."""
+    bad = bad | ~valid_probs(full)
+    probs = jnp.where(valid[:, None], full[:, rows], 0.0)
+    d = jnp.where(valid[:, None], probs - base[n], 0.0)
+    return acc.at[0, g].add(probs), sq.at[0, g].add(d * d), bad
+
+
+@functools.partial(jax.jit, static_argnames=("window", "chunk", "mesh", "batched"))
+def _perturb_step(clf, sampler, state, images, keys, ys, xs, wins, s_start, s_count, total, start, *, window,
+                  chunk, mesh, batched):
+    """The perturbed images of one chunk (pairs as in :func:`_step`) as ``clf``'s host function takes them,
+    sharded over the mesh's devices: the device half of a host black box's step."""
+    per_device = chunk // mesh.size
+    num_windows = ys.shape[0] * xs.shape[0]
+
+    def local(sampler, state, images, keys, ys, xs, wins, s_start, s_count, total, start):
+        g, _, s = _local_pairs(mesh, per_device, wins, s_start, s_count, total, start)
+        n, w = g // num_windows, g % num_windows
+        return clf.fn.device_input(perturb_images(sampler, state, batched, images, keys, ys, xs, n, w, s,
+                                                window=window))
+
+    rep = PartitionSpec()
+    return jax.shard_map(local, mesh=mesh, in_specs=(rep,) * 11, out_specs=PartitionSpec(mesh.axis_names),
+                         check_vma=False)(sampler, state, images, keys, ys, xs, wins, s_start, s_count, total, start)
+
+
+@functools.partial(jax.jit, static_argnames=("num_windows", "chunk", "mesh"), donate_argnames=("acc", "sq"))
+def _add_step(clf, outputs, rows, base, wins, s_start, s_count, total, start, acc, sq, bad, *, num_windows, chunk,
+              mesh):
+    """Add a host black box's outputs ``[chunk, K]`` of one chunk (sharded like :func:`_perturb_step`'s
+    images) into the accumulators, as :func:`_step` does with its own classifier call."""
+    per_device = chunk // mesh.size
+
+    def local(outputs, rows, base, wins, s_start, s_count, total, start, acc, sq, bad):
+        g, valid, _ = _local_pairs(mesh, per_device, wins, s_start, s_count, total, start)
+        return _add_probs(clf.probs_of(outputs), valid, g, g // num_windows, rows, base, acc, sq, bad)
+
+    rep, sharded = PartitionSpec(), PartitionSpec(mesh.axis_names)
+    return jax.shard_map(local, mesh=mesh, in_specs=(sharded,) + (rep,) * 7 + (sharded,) * 3,
+                         out_specs=(sharded,) * 3, check_vma=False)(
+        outputs, rows, base, wins, s_start, s_count, total, start, acc, sq, bad)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
