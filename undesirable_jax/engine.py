@@ -322,12 +322,11 @@ class Run:
         wins[:windows.size] = windows
         ys, xs = jnp.asarray(self.grid.ys), jnp.asarray(self.grid.xs)
         args = (jnp.asarray(wins), jnp.int32(s_start), jnp.int32(s_count), jnp.int32(total))
-        starts = tqdm(range(0, total, chunk), desc="windows", unit="chunk", disable=not self.progress)
         host = self.clf.fn if isinstance(self.clf.fn, HostFunction) and self.clf.fn.outside_jit() else None
         if host is not None:
-            return self._host_steps(host, acc, starts, ys, xs, args, chunk)
+            return self._host_steps(host, acc, range(0, total, chunk), ys, xs, args, chunk)
         sums, squares, bad = acc
-        for start in starts:
+        for start in tqdm(range(0, total, chunk), desc="windows", unit="chunk", disable=not self.progress):
             sums, squares, bad = _step(self.clf, self.sampler, self.state, self.images, self.keys, ys, xs,
                                        self.rows, self.base, *args, jnp.int32(start), sums, squares, bad,
                                        window=self.grid.window, chunk=chunk, mesh=self.mesh,
@@ -336,34 +335,42 @@ class Run:
 
     def _host_steps(self, host: HostFunction, acc: tuple, starts: Any, ys: jnp.ndarray, xs: jnp.ndarray,
                     args: tuple, chunk: int) -> tuple:
-        """:meth:`evaluate` for a host black box: each chunk is perturbed by one jitted step, classified by
-        ``host`` in this thread between steps, and added by a second jitted step; the next chunk's
-        perturbation is dispatched before the host call, so an accelerator fills it meanwhile.
+        """:meth:`evaluate` for a host black box: ``host`` classifies each chunk in this thread, between
+        jitted steps; each step adds the previous chunk's outputs and perturbs the next chunk
+        (:func:`_host_step`), so it is dispatched before the host call and an accelerator fills the next
+        chunk meanwhile.
 
-        Called from inside a step (``jax.pure_callback``) the host function ran 20–30 % slower on CPU
-        (``bench_black_box.py``: the NumPy MLP and ONNX boxes) and could not overlap the device's work.
-        On a 2-core CPU the overlap itself gains nothing measurable (both halves share the cores).
-        An error of the host function is raised after its chunk, before any later chunk is classified.
+        Called from inside a step (``jax.pure_callback``) the host function ran up to 30 % slower on CPU
+        (``bench_black_box.py``'s NumPy MLP) and could not overlap the device's work. Adding and perturbing
+        in one step rather than two saves XLA's fixed cost of a call on each chunk (0.7 ms of 1.8 for the
+        8×8 ONNX box's chunks on CPU). On a 2-core CPU the overlap itself gains nothing measurable (both
+        halves share the cores). An error of the host function is raised after its chunk, before any later
+        chunk is classified.
         """
-        def perturbed(start: int) -> jax.Array:
-            return _perturb_step(self.clf, self.sampler, self.state, self.images, self.keys, ys, xs, *args,
-                                 jnp.int32(start), window=self.grid.window, chunk=chunk, mesh=self.mesh,
-                                 batched=self.batched)
+        def step(pending: tuple | None, start: int | None, acc: tuple) -> tuple:
+            """Add ``pending`` = (outputs, their chunk's start) and perturb the chunk at ``start``, as asked."""
+            outputs, done = pending if pending is not None else (None, 0)
+            return _host_step(self.clf, self.sampler, self.state, self.images, self.keys, ys, xs, self.rows,
+                              self.base, *args, outputs, jnp.int32(done), jnp.int32(start or 0), *acc,
+                              window=self.grid.window, chunk=chunk, mesh=self.mesh, batched=self.batched,
+                              add=pending is not None, perturb=start is not None)
 
-        sums, squares, bad = acc
-        chunks = iter(starts)
-        start = next(chunks, None)
-        batch = None if start is None else perturbed(start)
-        while start is not None:
-            following = next(chunks, None)
-            ahead = None if following is None else perturbed(following)   # dispatched, not awaited
-            outputs = host.call_shards(batch)
-            self.clf.raise_host_error()
-            sums, squares, bad = _add_step(self.clf, outputs, self.rows, self.base, *args, jnp.int32(start), sums,
-                                           squares, bad, num_windows=self.grid.num_windows, chunk=chunk,
-                                           mesh=self.mesh)
-            start, batch = following, ahead
-        return sums, squares, bad
+        starts = list(starts)
+        *acc, batch = step(None, starts[0], acc)
+        pending = None   # the last classified chunk's outputs, not added yet
+        with tqdm(total=len(starts), desc="windows", unit="chunk", disable=not self.progress) as bar:
+            for i, start in enumerate(starts):
+                following = starts[i + 1] if i + 1 < len(starts) else None
+                ahead = None   # dispatched before the host call, not awaited
+                if following is not None:
+                    *acc, ahead = step(pending, following, acc)
+                elif pending is not None:
+                    acc = step(pending, None, acc)
+                outputs = host.call_shards(batch)
+                self.clf.raise_host_error()
+                bar.update()
+                pending, batch = (outputs, start), ahead
+        return step(pending, None, acc)
 
     def window_stats(self, acc: tuple, counts: np.ndarray, rows: Any = None) -> tuple[jnp.ndarray, jnp.ndarray,
                                                                                         jnp.ndarray]:
@@ -628,40 +635,35 @@ def _add_probs(full, valid, g, n, rows, base, acc, sq, bad) -> tuple:
     return acc.at[0, g].add(probs), sq.at[0, g].add(d * d), bad
 
 
-@functools.partial(jax.jit, static_argnames=("window", "chunk", "mesh", "batched"))
-def _perturb_step(clf, sampler, state, images, keys, ys, xs, wins, s_start, s_count, total, start, *, window,
-                  chunk, mesh, batched):
-    """The perturbed images of one chunk (pairs as in :func:`_step`) as ``clf``'s host function takes them,
-    sharded over the mesh's devices: the device half of a host black box's step."""
+@functools.partial(jax.jit, static_argnames=("window", "chunk", "mesh", "batched", "add", "perturb"),
+                   donate_argnames=("acc", "sq"))
+def _host_step(clf, sampler, state, images, keys, ys, xs, rows, base, wins, s_start, s_count, total, outputs, done,
+               start, acc, sq, bad, *, window, chunk, mesh, batched, add, perturb):
+    """The device's part of a host black box's chunk, two chunks at a time: with ``add``, add ``clf``'s
+    host outputs ``[chunk, K]`` for the chunk at ``done`` into the accumulators (as :func:`_step` adds its
+    own classifier's); with ``perturb``, build the chunk at ``start`` as the host function takes it.
+    Returns ``(acc, sq, bad)``, and the perturbed images (sharded over the mesh's devices) with ``perturb``.
+    """
     per_device = chunk // mesh.size
     num_windows = ys.shape[0] * xs.shape[0]
 
-    def local(sampler, state, images, keys, ys, xs, wins, s_start, s_count, total, start):
+    def local(sampler, state, images, keys, ys, xs, rows, base, wins, s_start, s_count, total, outputs, done, start,
+              acc, sq, bad):
+        if add:
+            g, valid, _ = _local_pairs(mesh, per_device, wins, s_start, s_count, total, done)
+            acc, sq, bad = _add_probs(clf.probs_of(outputs), valid, g, g // num_windows, rows, base, acc, sq, bad)
+        if not perturb:
+            return acc, sq, bad
         g, _, s = _local_pairs(mesh, per_device, wins, s_start, s_count, total, start)
         n, w = g // num_windows, g % num_windows
-        return clf.fn.device_input(perturb_images(sampler, state, batched, images, keys, ys, xs, n, w, s,
-                                                window=window))
-
-    rep = PartitionSpec()
-    return jax.shard_map(local, mesh=mesh, in_specs=(rep,) * 11, out_specs=PartitionSpec(mesh.axis_names),
-                         check_vma=False)(sampler, state, images, keys, ys, xs, wins, s_start, s_count, total, start)
-
-
-@functools.partial(jax.jit, static_argnames=("num_windows", "chunk", "mesh"), donate_argnames=("acc", "sq"))
-def _add_step(clf, outputs, rows, base, wins, s_start, s_count, total, start, acc, sq, bad, *, num_windows, chunk,
-              mesh):
-    """Add a host black box's outputs ``[chunk, K]`` of one chunk (sharded like :func:`_perturb_step`'s
-    images) into the accumulators, as :func:`_step` does with its own classifier call."""
-    per_device = chunk // mesh.size
-
-    def local(outputs, rows, base, wins, s_start, s_count, total, start, acc, sq, bad):
-        g, valid, _ = _local_pairs(mesh, per_device, wins, s_start, s_count, total, start)
-        return _add_probs(clf.probs_of(outputs), valid, g, g // num_windows, rows, base, acc, sq, bad)
+        batch = perturb_images(sampler, state, batched, images, keys, ys, xs, n, w, s, window=window)
+        return acc, sq, bad, clf.fn.device_input(batch)
 
     rep, sharded = PartitionSpec(), PartitionSpec(mesh.axis_names)
-    return jax.shard_map(local, mesh=mesh, in_specs=(sharded,) + (rep,) * 7 + (sharded,) * 3,
-                         out_specs=(sharded,) * 3, check_vma=False)(
-        outputs, rows, base, wins, s_start, s_count, total, start, acc, sq, bad)
+    return jax.shard_map(local, mesh=mesh, in_specs=(rep,) * 12 + (sharded, rep, rep) + (sharded,) * 3,
+                         out_specs=(sharded,) * (4 if perturb else 3), check_vma=False)(
+        sampler, state, images, keys, ys, xs, rows, base, wins, s_start, s_count, total, outputs, done, start, acc,
+        sq, bad)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
@@ -775,8 +777,13 @@ def _image_keys(key: Any, indices: Sequence[int] | None, n: int) -> jax.Array:
             raise ValueError("indices: not used with one key per image; pass key=jax.random.key(seed) with "
                              "indices, or the N keys alone")
         return key
-    key = checks.prng_key(key)
-    return jax.vmap(lambda i: jax.random.fold_in(key, i))(_check_indices(indices, n))
+    return _fold_in_each(checks.prng_key(key), _check_indices(indices, n))
+
+
+@jax.jit
+def _fold_in_each(key: jax.Array, indices: jnp.ndarray) -> jax.Array:
+    """``[fold_in(key, i) for i in indices]`` in one compiled call (run op by op, 256 images took 1.8 ms)."""
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(indices)
 
 
 def _check_indices(indices: Sequence[int] | None, n: int) -> jnp.ndarray:
