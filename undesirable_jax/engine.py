@@ -340,12 +340,11 @@ class Run:
         (:func:`_host_step`), so it is dispatched before the host call and an accelerator fills the next
         chunk meanwhile.
 
-        Called from inside a step (``jax.pure_callback``) the host function ran up to 30 % slower on CPU
-        (``bench_black_box.py``'s NumPy MLP) and could not overlap the device's work. Adding and perturbing
-        in one step rather than two saves XLA's fixed cost of a call on each chunk (0.7 ms of 1.8 for the
-        8×8 ONNX box's chunks on CPU). On a 2-core CPU the overlap itself gains nothing measurable (both
-        halves share the cores). An error of the host function is raised after its chunk, before any later
-        chunk is classified.
+        Called from inside a step (``jax.pure_callback``) instead, ``bench_black_box.py``'s NumPy MLP ran
+        1.2–1.3× slower on CPU, and the host call cannot overlap the device's work. Adding and perturbing in
+        one step rather than two saves a second XLA call's fixed cost on each chunk. On a 2-core CPU the
+        overlap itself gains nothing (both halves share the cores). An error of the host function is raised
+        after its chunk, before any later chunk is classified.
         """
         def step(pending: tuple | None, start: int | None, acc: tuple) -> tuple:
             """Add ``pending`` = (outputs, their chunk's start) and perturb the chunk at ``start``, as asked."""
