@@ -6,8 +6,9 @@ the perturbed images in one batched call and adds the probabilities, and their s
 from the untouched image's probabilities, into two per-window accumulators ``[num_windows, K]``
 (float32). A host black box is called between two jitted steps instead, while the device fills the
 next chunk (:meth:`Run._host_steps`). The last chunk is padded (and masked out), so the step compiles
-once; memory is one chunk of images plus the accumulators, whatever the number of windows. Each pair's randomness comes from
-``fold_in(fold_in(key, w), s)``, so results do not depend on the chunk size or devices.
+once; memory is one chunk of images plus the accumulators, whatever the number of windows. Each pair's
+randomness comes from ``fold_in(fold_in(key, w), s)``, so results do not depend on the chunk size or
+devices.
 
 :func:`explain_batch` runs N images through the same steps: windows are numbered over the batch
 (``g = n · W + w`` for window ``w`` of image ``n``), image ``n`` has its own key ``fold_in(key, n)``, and
