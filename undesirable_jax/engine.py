@@ -322,14 +322,14 @@ class Run:
         wins = np.zeros(self.num_images * self.grid.num_windows, np.int32)  # one shape: one compile per chunk
         wins[:windows.size] = windows
         ys, xs = jnp.asarray(self.grid.ys), jnp.asarray(self.grid.xs)
-        args = (jnp.asarray(wins), jnp.int32(s_start), jnp.int32(s_count), jnp.int32(total))
+        args = (jnp.asarray(wins), np.int32(s_start), np.int32(s_count), np.int32(total))
         host = self.clf.fn if isinstance(self.clf.fn, HostFunction) and self.clf.fn.outside_jit() else None
         if host is not None:
             return self._host_steps(host, acc, range(0, total, chunk), ys, xs, args, chunk)
         sums, squares, bad = acc
         for start in tqdm(range(0, total, chunk), desc="windows", unit="chunk", disable=not self.progress):
             sums, squares, bad = _step(self.clf, self.sampler, self.state, self.images, self.keys, ys, xs,
-                                       self.rows, self.base, *args, jnp.int32(start), sums, squares, bad,
+                                       self.rows, self.base, *args, np.int32(start), sums, squares, bad,
                                        window=self.grid.window, chunk=chunk, mesh=self.mesh,
                                        batched=self.batched)
         return sums, squares, bad
@@ -351,7 +351,7 @@ class Run:
             """Add ``pending`` = (outputs, their chunk's start) and perturb the chunk at ``start``, as asked."""
             outputs, done = pending if pending is not None else (None, 0)
             return _host_step(self.clf, self.sampler, self.state, self.images, self.keys, ys, xs, self.rows,
-                              self.base, *args, outputs, jnp.int32(done), jnp.int32(start or 0), *acc,
+                              self.base, *args, outputs, np.int32(done), np.int32(start or 0), *acc,
                               window=self.grid.window, chunk=chunk, mesh=self.mesh, batched=self.batched,
                               add=pending is not None, perturb=start is not None)
 
