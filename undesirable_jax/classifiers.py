@@ -212,8 +212,7 @@ def check_probs(probs: Any, outputs: str) -> int:
         raise ValueError(
             f"classifier: returned K = {k} class; the evidence compares classes and needs K >= 2. For one "
             "sigmoid logit z, return the two logits [0, z] (their softmax is [1 - sigmoid(z), sigmoid(z)])")
-    if outputs == "probs" and (p.min() < 0.0 or p.max() > 1.0 + 1e-6
-                               or abs(p.sum() - 1.0) > PROB_SUM_TOLERANCE):
+    if outputs == "probs" and not _distributions(p[None])[0]:
         raise ValueError(
             f"classifier: marked as returning probabilities, but its output on the image is not a "
             f"distribution (min {p.min():.3g}, max {p.max():.3g}, sum {p.sum():.4g}); return softmax "
@@ -228,11 +227,17 @@ def check_batch_probs(probs: Any, outputs: str) -> int:
     k = check_probs(p[0], outputs)
     ok = np.isfinite(p).all(axis=1)
     if outputs == "probs":
-        ok &= ((p.min(axis=1) >= 0.0) & (p.max(axis=1) <= 1.0 + 1e-6)
-               & (np.abs(p.sum(axis=1) - 1.0) <= PROB_SUM_TOLERANCE))
+        ok &= _distributions(p)
     for i in np.flatnonzero(~ok)[:1]:
         _per_image(int(i), check_probs, p[i], outputs)
     return k
+
+
+def _distributions(p: np.ndarray) -> np.ndarray:
+    """Per row of finite ``p`` ``[N, K]``: in [0, 1] and summing to 1 within :data:`PROB_SUM_TOLERANCE`
+    (:func:`check_probs`' rule for probabilities, shared with :func:`check_batch_probs`)."""
+    return ((p.min(axis=1) >= 0.0) & (p.max(axis=1) <= 1.0 + 1e-6)
+            & (np.abs(p.sum(axis=1) - 1.0) <= PROB_SUM_TOLERANCE))
 
 
 def _per_image(index: int, check: Any, *args: Any) -> Any:

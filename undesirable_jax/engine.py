@@ -38,7 +38,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from . import checks
-from .black_boxes import HostFunction
+from .black_boxes import HostFunction, fixed_batch as host_fixed_batch   # plan_chunk has a fixed_batch argument
 from .classifiers import (Classifier, as_classifier, check_batch_probs, decide_batch_outputs, output_probs,
                           rank_classes, raw_outputs, valid_probs)
 from .evidence import pixel_evidence, weight_of_evidence_se
@@ -295,10 +295,8 @@ class Run:
 
     def plan_chunk(self, chunk_size: int | None, pairs: int) -> int:
         """:func:`plan_chunk` for ``pairs`` of this run: its classifier's default, image bytes and fixed batch."""
-        from .black_boxes import fixed_batch
-
         return plan_chunk(chunk_size, pairs, self.mesh.size, int(math.prod(self.images.shape[1:])) * 4,
-                          fixed_batch(self.clf), default=default_chunk(self.clf, self.images.shape[1:]))
+                          host_fixed_batch(self.clf), default=default_chunk(self.clf, self.images.shape[1:]))
 
     @property
     def num_images(self) -> int:
